@@ -1,0 +1,205 @@
+"""The in-memory image datamodule every dataset builds on.
+
+A split lives in memory as one ``uint8`` tensor ``(N, C, H, W)``; a batch is a single indexing of that tensor
+(``Dataset.__getitems__``), not ``batch_size`` calls to ``__getitem__`` and a collate. Conversion to float,
+binarization and augmentation happen per batch on the device, in :meth:`on_after_batch_transfer`.
+
+Under DDP each rank gets its own shard through :class:`ShardSampler`: training shards are shuffled per epoch
+and of equal length (the < world_size tail is dropped, nothing is repeated), evaluation shards cover every
+sample exactly once (ranks may differ by one sample; the models log epoch-level metrics so nothing waits
+on a per-step collective).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class InMemoryImageDataset(Dataset[Batch]):
+    """Images ``uint8 (N, C, H, W)`` and labels ``int64 (N,)`` held in memory; batches come from one index."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != images.shape[:1]:
+            raise ValueError(f"{labels.shape[0]} labels for {images.shape[0]} images")
+        self.images = images
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> Batch:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[idx], self.labels[idx]
+
+
+def _collate_batch(batch: Batch) -> Batch:
+    """The dataset already returns a whole batch: nothing to collate."""
+    return batch
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class ShardSampler(DistributedSampler):
+    """Per-rank shard of a dataset, read from the process group when the loader is built (not at import).
+
+    Training (``train=True``): shuffled with ``seed + epoch`` (Lightning calls :meth:`set_epoch`), equal-size
+    shards, the remainder dropped so no sample is seen twice in an epoch. Evaluation: every sample exactly once
+    over all ranks, in order, ``rank::world_size``. Being a ``DistributedSampler``, Lightning leaves it in place.
+    """
+
+    def __init__(self, dataset: Dataset[Any], train: bool, seed: int = 0) -> None:
+        num_replicas, rank = _world()
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=train, seed=seed, drop_last=train)
+        self.train = train
+
+    def __iter__(self):  # type: ignore[override]
+        if self.train:
+            return super().__iter__()
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        if self.train:
+            return super().__len__()
+        return len(range(self.rank, len(self.dataset), self.num_replicas))  # type: ignore[arg-type]
+
+
+class ImageDataModule(LightningDataModule):
+    """Base of the image datamodules: in-memory splits, seeded train/val split, per-batch device transforms.
+
+    Subclasses set ``image_shape``, ``num_classes`` and ``class_names`` and implement :meth:`_load_split`
+    (and :meth:`prepare_data` when there is something to download).
+
+    Args:
+        data_dir: root folder of the dataset files.
+        batch_size: images per batch on each device.
+        eval_batch_size: batch size for validation/test/predict (default: ``batch_size``).
+        val_size: images held out from the training split for validation: a count, or a fraction in (0, 1).
+        seed: seed of the train/val split and of the per-epoch shuffling.
+        num_workers: DataLoader workers (0 is fastest for in-memory data).
+        pixel_range: ``(low, high)`` that pixel values are scaled to (``(0, 1)`` or ``(-1, 1)``...).
+        download: download missing files in :meth:`prepare_data`; with ``False`` missing files are an error.
+    """
+
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    num_classes: int = 10
+    class_names: list[str] = []
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        val_size: int | float = 5000,
+        seed: int = 0,
+        num_workers: int = 0,
+        pixel_range: tuple[float, float] = (0.0, 1.0),
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
+        if val_size < 0 or (isinstance(val_size, float) and val_size >= 1):
+            raise ValueError(f"val_size must be a count >= 0 or a fraction in [0, 1), got {val_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if len(pixel_range) != 2 or not pixel_range[0] < pixel_range[1]:
+            raise ValueError(f"pixel_range must be (low, high) with low < high, got {pixel_range}")
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.val_size = val_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
+        self.download = download
+        self.train_set: InMemoryImageDataset | None = None
+        self.val_set: InMemoryImageDataset | None = None
+        self.test_set: InMemoryImageDataset | None = None
+
+    # ---- loading -------------------------------------------------------------------------------------------
+    def _load_split(self, train: bool) -> Batch:
+        """Returns ``(images uint8 (N, C, H, W), labels int64 (N,))`` of the training or test split."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _load_split")
+
+    def _num_val(self, n: int) -> int:
+        k = round(self.val_size * n) if isinstance(self.val_size, float) else int(self.val_size)
+        if k >= n:
+            raise ValueError(f"val_size={self.val_size} leaves no training images out of {n}")
+        return k
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            images, labels = self._load_split(train=True)
+            n_val = self._num_val(images.shape[0])
+            perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(self.seed))
+            train_idx, val_idx = perm[n_val:].sort().values, perm[:n_val].sort().values
+            self.train_set = InMemoryImageDataset(images[train_idx], labels[train_idx])
+            self.val_set = InMemoryImageDataset(images[val_idx], labels[val_idx])
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = InMemoryImageDataset(*self._load_split(train=False))
+
+    # ---- loaders -------------------------------------------------------------------------------------------
+    def _loader(self, dataset: InMemoryImageDataset | None, train: bool, name: str) -> DataLoader[Batch]:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.{name}_dataloader() called before setup()")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            sampler=ShardSampler(dataset, train=train, seed=self.seed),
+            collate_fn=_collate_batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader[Batch]:
+        return self._loader(self.train_set, True, "train")
+
+    def val_dataloader(self) -> DataLoader[Batch]:
+        return self._loader(self.val_set, False, "val")
+
+    def test_dataloader(self) -> DataLoader[Batch]:
+        return self._loader(self.test_set, False, "test")
+
+    def predict_dataloader(self) -> DataLoader[Batch]:
+        return self._loader(self.test_set, False, "predict")
+
+    # ---- per-batch transforms on the device ----------------------------------------------------------------
+    def transform(self, images: torch.Tensor, training: bool) -> torch.Tensor:
+        """``uint8 (B, C, H, W)`` on the device -> float in ``pixel_range``; dataset-specific steps in between."""
+        x = images.float().div_(255.0)
+        x = self._transform_unit(x, training)
+        low, high = self.pixel_range
+        if (low, high) != (0.0, 1.0):
+            x = x.mul_(high - low).add_(low)
+        return x
+
+    def _transform_unit(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """Hook for subclasses: binarization, augmentation... on float images in [0, 1]."""
+        return x
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        if images.dtype != torch.uint8:  # already converted (a user's own loader)
+            return batch
+        training = self.trainer is not None and self.trainer.training
+        return self.transform(images, training), labels
+

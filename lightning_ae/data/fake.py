@@ -1,0 +1,59 @@
+"""Synthetic images of any shape: class-dependent prototypes plus noise, for tests and quick model checks."""
+
+from __future__ import annotations
+
+import torch
+
+from lightning_ae.data.base import Batch, ImageDataModule
+from lightning_ae.nets.common import check_image_shape
+
+
+class FakeImageDataModule(ImageDataModule):
+    """Clustered synthetic data: each class is a fixed random prototype image; samples add Gaussian noise.
+
+    The classes are separable, so a model that learns anything shows it in its latent space.
+
+    Args:
+        image_shape: ``(C, H, W)`` of the images.
+        num_classes: number of classes (prototypes).
+        num_train: images in the training split (before the validation hold-out).
+        num_test: images in the test split.
+        noise: standard deviation of the per-pixel noise, in [0, 1] pixel units.
+        batch_size: images per batch on each device.
+        eval_batch_size: batch size for validation/test/predict (default: ``batch_size``).
+        val_size: images held out from the training split for validation (count or fraction).
+        seed: seed of the prototypes, the samples, the split and the shuffling.
+        pixel_range: ``(low, high)`` pixel values are scaled to.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        num_classes: int = 10,
+        num_train: int = 512,
+        num_test: int = 128,
+        noise: float = 0.1,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        val_size: int | float = 64,
+        seed: int = 0,
+        pixel_range: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        super().__init__("", batch_size, eval_batch_size, val_size, seed, 0, pixel_range, download=False)
+        self.image_shape = check_image_shape(image_shape)
+        if num_classes < 1 or num_train < 1 or num_test < 1:
+            raise ValueError(f"num_classes, num_train, num_test must be >= 1, got {num_classes}, {num_train}, {num_test}")
+        if noise < 0:
+            raise ValueError(f"noise must be >= 0, got {noise}")
+        self.num_classes = num_classes
+        self.class_names = [f"class {i}" for i in range(num_classes)]
+        self.num_train, self.num_test, self.noise = num_train, num_test, noise
+
+    def _load_split(self, train: bool) -> Batch:
+        gen = torch.Generator().manual_seed(self.seed)
+        prototypes = torch.rand(self.num_classes, *self.image_shape, generator=gen)
+        n = self.num_train if train else self.num_test
+        gen.manual_seed(self.seed + (1 if train else 2))
+        labels = torch.randint(0, self.num_classes, (n,), generator=gen)
+        images = prototypes[labels] + self.noise * torch.randn(n, *self.image_shape, generator=gen)
+        return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels

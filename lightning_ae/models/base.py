@@ -1,0 +1,223 @@
+"""What every autoencoder variant shares: networks, encode/decode, one step for train/val/test, logging,
+optimizers. A variant implements :meth:`AutoencoderBase.loss_terms` (and, if its networks differ from the
+defaults, :meth:`AutoencoderBase.default_networks`), nothing else.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics import MeanSquaredError, MetricCollection
+from torchmetrics.image import PeakSignalNoiseRatio
+
+from lightning_ae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from lightning_ae.nets.common import check_image_shape
+
+Network = Literal["mlp", "conv"]
+Stage = Literal["train", "val", "test"]
+
+
+def extract_images(batch: Any) -> torch.Tensor:
+    """The image tensor of a batch that is a tensor, a tuple/list (image first) or a mapping (key ``image``)."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, Mapping):
+        if "image" not in batch:
+            raise KeyError(f"a dict batch needs an 'image' key; got keys {sorted(batch)}")
+        return batch["image"]
+    if isinstance(batch, Sequence) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise TypeError(f"cannot find images in a batch of type {type(batch).__name__}: use a tensor, (image, ...) or "
+                    "{'image': ...}")
+
+
+def extract_labels(batch: Any) -> torch.Tensor | None:
+    """The labels of a batch, when it carries them (second item, or key ``label``)."""
+    if isinstance(batch, Mapping):
+        return batch.get("label")
+    if isinstance(batch, Sequence) and not isinstance(batch, torch.Tensor) and len(batch) > 1:
+        return batch[1] if isinstance(batch[1], torch.Tensor) else None
+    return None
+
+
+class AutoencoderBase(LightningModule):
+    """Base LightningModule of the autoencoders.
+
+    Args:
+        encoder: maps images ``(B, C, H, W)`` to codes; ``None`` builds the default for ``network``.
+        decoder: maps codes to images (unbounded: logits or means); ``None`` builds the default.
+        latent_dim: size of the code of the default networks.
+        network: default network family, ``mlp`` or ``conv`` (residual, strided convolutions).
+        image_shape: ``(C, H, W)`` of the images (linked from the datamodule by the CLI).
+        num_classes: classes of the dataset, if any (linked from the datamodule; used by callbacks and probes).
+        pixel_range: ``(low, high)`` of pixel values (linked from the datamodule).
+        optimizer: optimizer factory, called with the parameters (default: Adam, lr 1e-3).
+        lr_scheduler: optional scheduler factory, called with the optimizer (monitors ``val/loss``).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+        latent_dim: int = 32,
+        network: Network = "mlp",
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        num_classes: int | None = None,
+        pixel_range: tuple[float, float] = (0.0, 1.0),
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        with warnings.catch_warnings():  # modules given from Python are kept so load_from_checkpoint needs nothing
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+        if network not in ("mlp", "conv"):
+            raise ValueError(f"network must be 'mlp' or 'conv', got {network!r}")
+        if len(pixel_range) != 2 or not pixel_range[0] < pixel_range[1]:
+            raise ValueError(f"pixel_range must be (low, high) with low < high, got {pixel_range}")
+        self.latent_dim = latent_dim
+        self.network = network
+        self.image_shape = check_image_shape(image_shape)
+        self.num_classes = num_classes
+        self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        if encoder is None or decoder is None:
+            default_encoder, default_decoder = self.default_networks()
+            encoder = default_encoder if encoder is None else encoder
+            decoder = default_decoder if decoder is None else decoder
+        self.encoder = encoder
+        self.decoder = decoder
+        data_range = self.pixel_range[1] - self.pixel_range[0]
+        self.metrics = nn.ModuleDict(
+            {
+                stage: MetricCollection(
+                    {"mse": MeanSquaredError(), "psnr": PeakSignalNoiseRatio(data_range=data_range)},
+                    prefix=f"{stage}/",
+                )
+                for stage in ("val", "test")
+            }
+        )
+
+    # ---- networks ------------------------------------------------------------------------------------------
+    encoder_out_mult: int = 1
+    """Encoder outputs per latent dimension (2 for a Gaussian encoder's mean and log-variance)."""
+    decoder_out_mult: int = 1
+    """Decoder output channels per image channel (2 for a Gaussian likelihood with learned variance)."""
+
+    def default_networks(self) -> tuple[nn.Module, nn.Module]:
+        """The default encoder and decoder for ``network``, ``image_shape`` and ``latent_dim``."""
+        out_dim = self.latent_dim * self.encoder_out_mult
+        if self.network == "mlp":
+            return (
+                MLPEncoder(self.image_shape, out_dim),
+                MLPDecoder(self.image_shape, self.latent_dim, out_channels_mult=self.decoder_out_mult),
+            )
+        return (
+            ConvEncoder(self.image_shape, out_dim),
+            ConvDecoder(self.image_shape, self.latent_dim, out_channels_mult=self.decoder_out_mult),
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> codes."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Codes -> decoder output (logits or means, in the decoder's space)."""
+        return self.decoder(z)
+
+    def output_to_image(self, output: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> image in ``pixel_range`` (identity unless a variant's likelihood says otherwise)."""
+        return output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstructs images: ``(B, C, H, W)`` -> ``(B, C, H, W)`` in ``pixel_range``."""
+        return self.output_to_image(self.decode(self.encode(self.check_images(x))))
+
+    # ---- the step ------------------------------------------------------------------------------------------
+    def loss_terms(self, x: torch.Tensor, stage: Stage) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The variant's loss: ``({"loss": total, other logged terms...}, reconstruction in pixel_range)``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement loss_terms")
+
+    def check_images(self, x: Any) -> torch.Tensor:
+        """Raises a clear error when ``x`` is not a float ``(B, *image_shape)`` tensor."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected an image tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(
+                f"expected floating-point images in {self.pixel_range}, got dtype {x.dtype}; convert them "
+                "(our datamodules do so on the device) before the model"
+            )
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"expected images of shape (B, {', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}; "
+                "image_shape of the model must match the data"
+            )
+        return x
+
+    def _step(self, batch: Any, stage: Stage) -> torch.Tensor:
+        x = self.check_images(extract_images(batch))
+        terms, reconstruction = self.loss_terms(x, stage)
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            values = ", ".join(f"{k}={v.detach().float().mean().item():.4g}" for k, v in terms.items())
+            raise FloatingPointError(
+                f"non-finite {stage} loss at global step {self.global_step}: {values}. Lower the learning rate, "
+                "check the inputs, or use gradient clipping (trainer.gradient_clip_val)."
+            )
+        on_step = stage == "train"
+        self.log_dict(
+            {f"{stage}/{k}": v.detach() for k, v in terms.items()},
+            on_step=on_step,
+            on_epoch=not on_step,
+            sync_dist=not on_step,
+            batch_size=x.shape[0],
+            prog_bar=False,
+        )
+        if stage != "train":
+            metrics = self.metrics[stage]
+            metrics.update(reconstruction.detach().clamp(*self.pixel_range), x)
+            self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=x.shape[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.metrics["val"].reset()  # re-created in the loop's grad mode: an earlier trainer.validate() ran
+        # under inference mode, and its states could not be updated in place under no_grad
+
+    def on_test_epoch_start(self) -> None:
+        self.metrics["test"].reset()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        """Returns ``{"latent", "reconstruction"}`` (and ``"label"`` when the batch has labels)."""
+        x = self.check_images(extract_images(batch))
+        z = self.encode(x)
+        out = {"latent": z, "reconstruction": self.output_to_image(self.decode(z))}
+        labels = extract_labels(batch)
+        if labels is not None:
+            out["label"] = labels
+        return out
+
+    # ---- optimization --------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}

@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny dataset files written in the exact official formats, and real-data locations."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REAL_MNIST_ENV = "LIGHTNING_AE_DATA"  # folder holding MNIST/raw/ (the official IDX .gz files)
+REAL_CIFAR_ENV = "LIGHTNING_AE_CIFAR10"  # folder holding cifar-10-batches-py/
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file of unsigned bytes: magic 00 00 08 ndim, big-endian int32 dims, then the data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_mnist(root: Path, n_train: int = 96, n_test: int = 32, folder: str = "MNIST", seed: int = 0) -> Path:
+    """Writes gzip IDX files under ``root/<folder>/raw``; image i of the training split carries i in pixels 0-1."""
+    rng = np.random.default_rng(seed)
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        images[:, 0, 0], images[:, 0, 1] = np.arange(n) // 256, np.arange(n) % 256
+        labels = np.arange(n) % 10
+        (raw / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images)))
+        (raw / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
+    return root
+
+
+def cifar_batch_dict(n: int, rng: np.random.Generator) -> dict:
+    return {
+        b"batch_label": b"synthetic",
+        b"labels": [int(v) for v in rng.integers(0, 10, n)],
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+    }
+
+
+def write_cifar(root: Path, n_per_batch: int = 20, seed: int = 0) -> Path:
+    """Writes ``root/cifar-10-batches-py`` with five data batches, a test batch and the meta file."""
+    rng = np.random.default_rng(seed)
+    out = root / "cifar-10-batches-py"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (out / name).write_bytes(pickle.dumps(cifar_batch_dict(n_per_batch, rng), protocol=2))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    meta = {b"label_names": [n.encode() for n in names], b"num_cases_per_batch": n_per_batch, b"num_vis": 3072}
+    (out / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data_dir holding tiny MNIST, Fashion-MNIST and CIFAR-10 files in the official formats."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    write_mnist(root)
+    write_mnist(root, folder="FashionMNIST", seed=1)
+    write_cifar(root)
+    return root
+
+
+def _real_dir(env: str, marker: str) -> Path:
+    value = os.environ.get(env)
+    if not value:
+        pytest.skip(f"set {env} to run tests on the real data")
+    path = Path(value)
+    if not (path / marker).exists():
+        pytest.fail(f"{env}={value} does not contain {marker}")
+    return path
+
+
+@pytest.fixture
+def real_mnist_dir() -> Path:
+    return _real_dir(REAL_MNIST_ENV, "MNIST/raw")
+
+
+@pytest.fixture
+def real_cifar_dir() -> Path:
+    return _real_dir(REAL_CIFAR_ENV, "cifar-10-batches-py")

@@ -1,0 +1,37 @@
+"""Every YAML config in configs/ parses and trains for one fast_dev_run step on tiny data files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lightning_ae.cli import main
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*/*.yaml"))
+
+
+def test_there_are_configs() -> None:
+    assert {p.parent.name for p in CONFIGS} >= {"mnist", "cifar10"}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[f"{p.parent.name}/{p.stem}" for p in CONFIGS])
+def test_config_fast_dev_run(config: Path, tiny_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    main([
+        "fit", "--config", str(config),
+        "--data.init_args.data_dir", str(tiny_data_dir),
+        "--data.init_args.download", "false",
+        "--data.init_args.val_size", "16",
+        "--trainer.fast_dev_run", "true",
+        "--trainer.accelerator", "cpu",
+        "--trainer.devices", "1",
+    ])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[f"{p.parent.name}/{p.stem}" for p in CONFIGS])
+def test_config_print_config(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exc.value.code == 0
+    assert "class_path" in capsys.readouterr().out

@@ -1,0 +1,96 @@
+"""One contract every variant honours: shapes, batch formats, input errors, NaN guard, training, checkpoints.
+
+A new variant adds its ``pytest.param`` to ``VARIANTS``; nothing is copied per variant. The contract assumes
+``model.eval()`` makes ``forward`` deterministic (a VAE reconstructs from its posterior mean in eval).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+
+from lightning_ae import Autoencoder, AutoencoderBase, FakeImageDataModule
+
+VARIANTS = [
+    pytest.param(Autoencoder, {"reconstruction": "bce"}, (1, 28, 28), id="ae-mlp-bce"),
+    pytest.param(Autoencoder, {"network": "conv", "latent_dim": 8}, (3, 32, 32), id="ae-conv-mse"),
+]
+
+
+def make(cls: type[AutoencoderBase], kwargs: dict, shape: tuple[int, int, int]) -> AutoencoderBase:
+    seed_everything(0)
+    return cls(image_shape=shape, **kwargs)
+
+
+def trainer(tmp_path: Path, **kwargs) -> Trainer:
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    return Trainer(**{**defaults, **kwargs})
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "shape"), VARIANTS)
+class TestVariantContract:
+    def test_forward_and_predict_shapes(self, cls, kwargs, shape) -> None:
+        model = make(cls, kwargs, shape).eval()
+        x = torch.rand(4, *shape)
+        assert model(x).shape == x.shape
+        out = model.predict_step((x, torch.arange(4)), 0)
+        assert out["reconstruction"].shape == x.shape
+        assert out["latent"].shape[0] == 4
+        assert torch.equal(out["label"], torch.arange(4))
+
+    def test_batch_formats_agree(self, cls, kwargs, shape) -> None:
+        model = make(cls, kwargs, shape).eval()
+        x = torch.rand(4, *shape)
+        losses = []
+        for batch in (x, (x, torch.zeros(4)), [x], {"image": x, "label": torch.zeros(4)}):
+            torch.manual_seed(1)
+            losses.append(model.loss_terms(model.check_images(_images(batch)), "val")[0]["loss"])
+        assert all(torch.allclose(losses[0], v) for v in losses[1:])
+
+    def test_bad_inputs_name_the_problem(self, cls, kwargs, shape) -> None:
+        model = make(cls, kwargs, shape)
+        c, h, w = shape
+        with pytest.raises(ValueError, match=rf"expected images of shape \(B, {c}, {h}, {w}\), got \(2, {c + 1}"):
+            model.training_step(torch.rand(2, c + 1, h, w), 0)
+        with pytest.raises(ValueError, match=r"got \(2, " + str(c) + ", " + str(h + 2)):
+            model.training_step(torch.rand(2, c, h + 2, w), 0)
+        with pytest.raises(TypeError, match="floating-point"):
+            model.training_step(torch.zeros(2, c, h, w, dtype=torch.uint8), 0)
+        with pytest.raises(KeyError, match="'image'"):
+            model.training_step({"img": torch.rand(2, c, h, w)}, 0)
+
+    def test_nan_loss_is_an_error(self, cls, kwargs, shape) -> None:
+        model = make(cls, kwargs, shape)
+        with torch.no_grad():
+            next(model.encoder.parameters()).fill_(float("nan"))
+        with pytest.raises(FloatingPointError, match="non-finite train loss"):
+            model.training_step(torch.rand(2, *shape), 0)
+
+    def test_trains_and_checkpoint_round_trips(self, cls, kwargs, shape, tmp_path: Path) -> None:
+        model = make(cls, kwargs, shape)
+        data = FakeImageDataModule(image_shape=shape, num_train=256, val_size=64, batch_size=32)
+        first = trainer(tmp_path, max_steps=1, limit_val_batches=2)
+        first.validate(model, datamodule=data, verbose=False)
+        start = first.callback_metrics["val/loss"].item()
+        fit = trainer(tmp_path, max_epochs=6, limit_val_batches=2)
+        fit.fit(model, datamodule=data)
+        fit.validate(model, datamodule=data, verbose=False)
+        assert fit.callback_metrics["val/loss"].item() < start
+        path = tmp_path / "model.ckpt"
+        fit.save_checkpoint(path)
+        loaded = cls.load_from_checkpoint(path, weights_only=False)
+        x = torch.rand(3, *shape)
+        model.eval()
+        loaded.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), model(x))
+
+
+def _images(batch):
+    from lightning_ae.models import extract_images
+
+    return extract_images(batch)
