@@ -68,6 +68,10 @@ def read_idx(path: str | os.PathLike[str], ndim: int, item_shape: tuple[int, ...
     return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).view(*dims)
 
 
+class ForbiddenGlobalError(pickle.UnpicklingError):
+    """A pickle asked for a global outside the allow-list."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that resolves only the globals a CIFAR batch (dicts, lists, numpy arrays) needs."""
 
@@ -83,7 +87,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+            raise ForbiddenGlobalError(f"global {module}.{name} is not allowed in a CIFAR batch")
         if module == "numpy.core.multiarray":
             module = "numpy._core.multiarray"  # numpy >= 2 name of the same function
         return super().find_class(module, name)
@@ -98,9 +102,9 @@ def load_restricted_pickle(path: str | os.PathLike[str]) -> Any:
         raise DatasetFileError(f"{path}: cannot be read ({err}). {_FIX}") from err
     try:
         return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except pickle.UnpicklingError as err:
-        raise DatasetFileError(f"{path}: refused or corrupt pickle ({err}). {_FIX}") from err
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+    except ForbiddenGlobalError as err:
+        raise DatasetFileError(f"{path}: refused pickle ({err}); it may try to run code. {_FIX}") from err
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
         raise DatasetFileError(f"{path}: truncated or corrupt pickle ({type(err).__name__}: {err}). {_FIX}") from err
 
 

@@ -1,0 +1,106 @@
+"""The lightning-ae command end to end: short class names, links, every subcommand, checkpoints, real data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from lightning_ae import Autoencoder, FakeImageDataModule, MNISTDataModule
+from lightning_ae.cli import main
+
+ROOT = Path(__file__).parents[1]
+
+
+def _fit(tmp_path: Path, data_dir: Path, *extra: str) -> Path:
+    main([
+        "fit", "--model", "Autoencoder", "--model.reconstruction", "bce",
+        "--data", "MNISTDataModule", "--data.data_dir", str(data_dir), "--data.download", "false",
+        "--data.val_size", "16", "--data.batch_size", "16",
+        "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false", *extra,
+    ])
+    (ckpt,) = (tmp_path / "lightning_logs").glob("version_*/checkpoints/*.ckpt")
+    return ckpt
+
+
+def test_fit_checkpoint_loads_with_no_arguments(tmp_path: Path, tiny_data_dir: Path) -> None:
+    ckpt = _fit(tmp_path, tiny_data_dir, "--model.latent_dim", "7")
+    model = Autoencoder.load_from_checkpoint(ckpt)  # nothing else: the config is in the checkpoint
+    assert model.latent_dim == 7 and model.image_shape == (1, 28, 28) and model.num_classes == 10
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[name])
+    x = torch.rand(2, 1, 28, 28)
+    assert model.eval()(x).shape == x.shape
+
+
+def test_validate_test_predict_subcommands(tmp_path: Path, tiny_data_dir: Path) -> None:
+    ckpt = _fit(tmp_path / "fit", tiny_data_dir)
+    common = ["--model", "Autoencoder", "--model.reconstruction", "bce", "--data", "MNISTDataModule",
+              "--data.data_dir", str(tiny_data_dir), "--data.download", "false", "--data.val_size", "16",
+              "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpt)]
+    for command in ("validate", "test", "predict"):
+        main([command, *common])
+
+
+def test_data_shape_is_linked_into_the_model(tmp_path: Path, tiny_data_dir: Path) -> None:
+    ckpt = _fit(tmp_path, tiny_data_dir, "--data", "CIFAR10DataModule", "--data.val_size", "20",
+                "--model.reconstruction", "mse", "--model.network", "conv")
+    model = Autoencoder.load_from_checkpoint(ckpt)
+    assert model.image_shape == (3, 32, 32) and model.network == "conv"
+
+
+def test_bad_config_value_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--model", "Autoencoder", "--model.reconstruction", "l7", "--data", "FakeImageDataModule"])
+    assert "reconstruction" in capsys.readouterr().err
+
+
+def test_console_script_and_module() -> None:
+    for cmd in (["lightning-ae", "--help"], [sys.executable, "-m", "lightning_ae", "fit", "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        assert "fit" in out or "--model" in out
+
+
+def test_python_api_in_a_plain_trainer(tmp_path: Path) -> None:
+    """No CLI: the module and datamodule in somebody else's Trainer, with a custom encoder/decoder."""
+    from torch import nn
+
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 6))
+    decoder = nn.Sequential(nn.Linear(6, 3 * 8 * 8), nn.Unflatten(1, (3, 8, 8)))
+    data = FakeImageDataModule(image_shape=(3, 8, 8), num_train=256, val_size=64)
+    model = Autoencoder(encoder=encoder, decoder=decoder, image_shape=data.image_shape)
+    trainer = Trainer(max_epochs=3, accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False)
+    trainer.fit(model, datamodule=data)
+    metrics = trainer.test(model, datamodule=data, verbose=False)[0]
+    assert {"test/loss", "test/mse", "test/psnr"} <= metrics.keys()
+    predictions = trainer.predict(model, datamodule=data)
+    assert predictions[0]["reconstruction"].shape == (32, 3, 8, 8)
+    loaded = Autoencoder.load_from_checkpoint(trainer.checkpoint_callback.best_model_path, weights_only=False)
+    torch.testing.assert_close(loaded.encoder[1].weight, model.encoder[1].weight)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_mnist_fit_lowers_validation_loss(tmp_path: Path, real_mnist_dir: Path) -> None:
+    """A real `lightning-ae fit` on MNIST for 300 steps: the validation loss ends far below where it started."""
+    data = MNISTDataModule(data_dir=str(real_mnist_dir), download=False)
+    start = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(
+        Autoencoder(reconstruction="bce", num_classes=10), datamodule=data, verbose=False)[0]["val/mse"]
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_ae", "fit", "--config", str(ROOT / "configs/mnist/ae.yaml"),
+         "--data.data_dir", str(real_mnist_dir), "--data.download", "false", "--trainer.max_steps", "300",
+         "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+         "--trainer.default_root_dir", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (ckpt,) = (tmp_path / "lightning_logs").glob("version_*/checkpoints/*.ckpt")
+    end = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(
+        Autoencoder.load_from_checkpoint(ckpt), datamodule=data, verbose=False)[0]["val/mse"]
+    assert end < 0.3 * start, (start, end)
