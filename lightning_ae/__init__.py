@@ -7,17 +7,34 @@ from lightning_ae.data import (
     ImageDataModule,
     MNISTDataModule,
 )
-from lightning_ae.models import Autoencoder, AutoencoderBase
+from lightning_ae.metrics import CodebookUsage
+from lightning_ae.models import (
+    VAE,
+    VQVAE,
+    Autoencoder,
+    AutoencoderBase,
+    ContractiveAutoencoder,
+    DenoisingAutoencoder,
+    SparseAutoencoder,
+)
+from lightning_ae.quantizers import VectorQuantizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "VAE",
+    "VQVAE",
     "Autoencoder",
     "AutoencoderBase",
     "CIFAR10DataModule",
+    "CodebookUsage",
+    "ContractiveAutoencoder",
+    "DenoisingAutoencoder",
     "FakeImageDataModule",
     "FashionMNISTDataModule",
     "ImageDataModule",
     "MNISTDataModule",
+    "SparseAutoencoder",
+    "VectorQuantizer",
     "__version__",
 ]

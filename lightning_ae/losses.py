@@ -7,6 +7,7 @@ weights are comparable across image sizes); likelihood terms of probabilistic mo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -34,3 +35,137 @@ def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, kind: Recons
     if kind == "bce":
         return F.binary_cross_entropy_with_logits(output, target)
     raise ValueError(f"reconstruction must be 'mse' or 'bce', got {kind!r}")
+
+
+# ---- sparse autoencoders (issue 3) -------------------------------------------------------------------------
+def l1_sparsity(code: torch.Tensor) -> torch.Tensor:
+    """Mean absolute activation of a code, the L1 sparsity penalty ``mean |h|`` (weighted by lambda by the caller).
+
+    The L1 penalty on hidden activations of sparse coding / sparse autoencoders (Ng, *Sparse autoencoder*,
+    CS294A lecture notes, 2011, sec. 2.3 mentions it as the alternative to the KL penalty).
+
+    Args:
+        code: activations ``(B, d)``.
+
+    Returns:
+        A scalar tensor: ``(1 / (B d)) sum_{b,j} |h_bj|``.
+    """
+    return code.abs().mean()
+
+
+def kl_sparsity(code: torch.Tensor, rho: float, eps: float = 1e-6) -> torch.Tensor:
+    """KL sparsity penalty ``sum_j KL(rho || rho_hat_j)`` (Ng, *Sparse autoencoder*, CS294A notes, sec. 2.3).
+
+    ``rho_hat_j = (1/B) sum_b h_bj`` is the batch-mean activation of unit ``j`` and
+    ``KL(rho || rho_hat) = rho log(rho / rho_hat) + (1 - rho) log((1 - rho) / (1 - rho_hat))``.
+
+    Args:
+        code: sigmoid activations ``(B, d)`` in (0, 1).
+        rho: target mean activation, in (0, 1).
+        eps: clamp of ``rho_hat`` into ``[eps, 1 - eps]`` so saturated units give a finite penalty.
+
+    Returns:
+        A scalar tensor (a sum over the ``d`` units, not a mean).
+    """
+    if not 0.0 < rho < 1.0:
+        raise ValueError(f"rho must be in (0, 1), got {rho}")
+    rho_hat = code.mean(dim=0).clamp(eps, 1.0 - eps)
+    kl = rho * torch.log(rho / rho_hat) + (1.0 - rho) * torch.log((1.0 - rho) / (1.0 - rho_hat))
+    return kl.sum()
+
+
+def topk_sparsify(code: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-sparse bottleneck: keeps the ``k`` largest activations of each sample, zeroes the rest.
+
+    Makhzani & Frey, *k-Sparse Autoencoders*, 2013, Algorithm 1 (``z = W x + b``; ``Gamma = supp_k(z)``;
+    ``z_{Gamma^c} = 0``). The output is ``code * mask``, so the gradient flows through the kept units
+    unchanged and is zero for the others.
+
+    Args:
+        code: activations ``(B, d)``.
+        k: units kept per sample, ``1 <= k <= d``.
+
+    Returns:
+        ``(B, d)`` with exactly ``k`` entries per row taken from ``code`` (the others 0).
+    """
+    if not 1 <= k <= code.shape[-1]:
+        raise ValueError(f"k must be in [1, {code.shape[-1]}] (the code size), got {k}")
+    indices = code.topk(k, dim=-1).indices
+    mask = torch.zeros_like(code).scatter_(-1, indices, 1.0)
+    return code * mask
+
+
+# ---- contractive autoencoders (issue 3) --------------------------------------------------------------------
+def contractive_penalty_exact(encoder: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Per-sample squared Frobenius norm ``||J_f(x)||_F^2`` of the encoder Jacobian, computed exactly.
+
+    Rifai et al., *Contractive Auto-Encoders*, ICML 2011, eq. 3 (the penalty) — here for any encoder: the
+    full Jacobian of each sample is built with ``torch.func.vmap(torch.func.jacrev(f))`` (one vector-Jacobian
+    product per code unit), inside the autograd graph, so the result is differentiable with respect to the
+    encoder's parameters. Cost grows with the code size: use it for small codes. The encoder must treat the
+    samples of a batch independently (no batch statistics).
+
+    Args:
+        encoder: maps ``(B, *shape)`` to codes ``(B, *code_shape)``.
+        x: inputs ``(B, *shape)``.
+
+    Returns:
+        ``(B,)`` squared Frobenius norms.
+    """
+
+    def single(sample: torch.Tensor) -> torch.Tensor:
+        return encoder(sample.unsqueeze(0)).squeeze(0)
+
+    jacobians = torch.func.vmap(torch.func.jacrev(single))(x)  # (B, *code_shape, *shape)
+    return jacobians.pow(2).flatten(1).sum(dim=1)
+
+
+def contractive_penalty_sigmoid(code: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``||J_f(x)||_F^2`` in closed form for a sigmoid layer ``h = sigmoid(W x + b)``.
+
+    Rifai et al., *Contractive Auto-Encoders*, ICML 2011, eq. 4:
+    ``||J_f(x)||_F^2 = sum_j (h_j (1 - h_j))^2 sum_i W_ji^2``.
+
+    Args:
+        code: the layer's output ``h`` ``(B, d)``.
+        weight: its weight ``W`` ``(d, D)``.
+
+    Returns:
+        ``(B,)`` squared Frobenius norms.
+    """
+    if weight.ndim != 2 or weight.shape[0] != code.shape[-1]:
+        raise ValueError(f"weight must be (d, D) with d={code.shape[-1]} (the code size), got {tuple(weight.shape)}")
+    return (code * (1.0 - code)).pow(2) @ weight.pow(2).sum(dim=1)
+
+
+def contractive_penalty_stochastic(
+    code: torch.Tensor, x: torch.Tensor, num_projections: int = 1, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Unbiased random-projection estimate of the per-sample ``||J_f(x)||_F^2``, one VJP per projection.
+
+    Rifai et al. 2011, eq. 3, estimated with Hutchinson's identity ``||J||_F^2 = tr(J J^T) = E_v ||J^T v||^2``
+    for ``v`` with ``E[v v^T] = I``; ``v`` is Rademacher (lower variance than Gaussian). ``J^T v`` is one
+    vector-Jacobian product of the already computed code, taken with ``create_graph=True`` so that the penalty
+    is differentiated with the rest of the loss. Works for any encoder (convolutional, large codes) that treats
+    the samples of a batch independently.
+
+    Args:
+        code: the encoder output ``f(x)`` ``(B, *code_shape)``, computed from ``x`` in the autograd graph.
+        x: the encoder input ``(B, *shape)``, with ``requires_grad=True``.
+        num_projections: random vectors averaged per sample (each costs one extra backward pass).
+        generator: optional random generator for the projections.
+
+    Returns:
+        ``(B,)`` estimates of the squared Frobenius norms.
+    """
+    if num_projections < 1:
+        raise ValueError(f"num_projections must be >= 1, got {num_projections}")
+    if not x.requires_grad:
+        raise ValueError("x must require grad and code must be computed from it (x.requires_grad_() before encoding)")
+    total = code.new_zeros(code.shape[0])
+    for _ in range(num_projections):
+        v = torch.randint(0, 2, code.shape, device=code.device, generator=generator).to(code.dtype) * 2 - 1
+        (jtv,) = torch.autograd.grad(code, x, grad_outputs=v, create_graph=True)
+        total = total + jtv.pow(2).flatten(1).sum(dim=1)
+    return total / num_projections
+

@@ -2,5 +2,20 @@
 
 from lightning_ae.models.autoencoder import Autoencoder
 from lightning_ae.models.base import AutoencoderBase, extract_images, extract_labels
+from lightning_ae.models.contractive import ContractiveAutoencoder
+from lightning_ae.models.denoising import DenoisingAutoencoder
+from lightning_ae.models.sparse import SparseAutoencoder
+from lightning_ae.models.vae import VAE
+from lightning_ae.models.vqvae import VQVAE
 
-__all__ = ["Autoencoder", "AutoencoderBase", "extract_images", "extract_labels"]
+__all__ = [
+    "VAE",
+    "VQVAE",
+    "Autoencoder",
+    "AutoencoderBase",
+    "ContractiveAutoencoder",
+    "DenoisingAutoencoder",
+    "SparseAutoencoder",
+    "extract_images",
+    "extract_labels",
+]

@@ -2,5 +2,15 @@
 
 from lightning_ae.nets.conv import ConvDecoder, ConvEncoder, ResidualBlock, ResidualStack
 from lightning_ae.nets.mlp import MLPDecoder, MLPEncoder, mlp
+from lightning_ae.nets.sigmoid import SigmoidEncoder
 
-__all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "ResidualBlock", "ResidualStack", "mlp"]
+__all__ = [
+    "ConvDecoder",
+    "ConvEncoder",
+    "MLPDecoder",
+    "MLPEncoder",
+    "ResidualBlock",
+    "ResidualStack",
+    "SigmoidEncoder",
+    "mlp",
+]
