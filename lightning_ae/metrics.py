@@ -1,0 +1,47 @@
+"""torchmetrics Metrics of the autoencoders."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+from lightning_ae.quantizers import perplexity_of_counts
+
+
+class CodebookUsage(Metric):
+    """Codebook health of a vector quantizer: how the code indices seen since the last reset spread over K codes.
+
+    ``compute()`` returns ``{"perplexity": exp(-sum p log p), "used_fraction": share of codes used at least once,
+    "dead_codes": number of codes never used}``. Counts are summed over DDP ranks (``dist_reduce_fx="sum"``), so
+    the figures are those of all ranks' data together.
+
+    Args:
+        num_codes: codebook size K.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+    counts: torch.Tensor
+
+    def __init__(self, num_codes: int) -> None:
+        super().__init__()
+        if num_codes < 1:
+            raise ValueError(f"num_codes must be >= 1, got {num_codes}")
+        self.num_codes = num_codes
+        self.add_state("counts", default=torch.zeros(num_codes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, indices: torch.Tensor) -> None:
+        """Counts code ``indices`` (any shape, values in ``[0, num_codes)``)."""
+        counts = torch.bincount(indices.reshape(-1).long(), minlength=self.num_codes)  # no host sync for checks
+        if counts.numel() != self.num_codes:
+            raise ValueError(f"indices must lie in [0, {self.num_codes}), got a maximum of {counts.numel() - 1}")
+        self.counts += counts
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        used = (self.counts > 0).sum()
+        return {
+            "perplexity": perplexity_of_counts(self.counts),
+            "used_fraction": used.float() / self.num_codes,
+            "dead_codes": (self.num_codes - used).float(),
+        }
