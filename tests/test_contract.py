@@ -12,11 +12,14 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from lightning_ae import Autoencoder, AutoencoderBase, FakeImageDataModule
+from lightning_ae import VAE, Autoencoder, AutoencoderBase, FakeImageDataModule
 
 VARIANTS = [
     pytest.param(Autoencoder, {"reconstruction": "bce"}, (1, 28, 28), id="ae-mlp-bce"),
     pytest.param(Autoencoder, {"network": "conv", "latent_dim": 8}, (3, 32, 32), id="ae-conv-mse"),
+    pytest.param(VAE, {"likelihood": "bernoulli"}, (1, 28, 28), id="vae-mlp-bernoulli"),
+    pytest.param(VAE, {"network": "conv", "latent_dim": 8, "likelihood": "gaussian", "gaussian_std": None},
+                 (3, 32, 32), id="vae-conv-gaussian"),
 ]
 
 
