@@ -84,3 +84,16 @@ def real_mnist_dir() -> Path:
 @pytest.fixture
 def real_cifar_dir() -> Path:
     return _real_dir(REAL_CIFAR_ENV, "cifar-10-batches-py")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow (real data, DDP)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

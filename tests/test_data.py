@@ -236,7 +236,7 @@ def test_cifar_augmentation_train_only(tiny_data_dir: Path) -> None:
 def test_flip_crop_is_a_translation_or_mirror() -> None:
     x = torch.rand(32, 3, 8, 8)
     y = random_flip_crop(x, padding=2)
-    for xi, yi in zip(x, y):
+    for xi, yi in zip(x, y, strict=True):
         candidates = [torch.nn.functional.pad(v, (2,) * 4) for v in (xi, xi.flip(-1))]
         found = any(torch.equal(p[:, dy : dy + 8, dx : dx + 8], yi) for p in candidates
                     for dy in range(5) for dx in range(5))

@@ -19,7 +19,8 @@ ROOT = Path(__file__).parents[1]
 def test_ddp_autoencoder_mnist_two_ranks(tmp_path: Path) -> None:
     data_dir = write_mnist(tmp_path / "data", n_train=440, n_test=40)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_autoencoder_worker.py"), str(data_dir), str(tmp_path), "2"],
+    worker = ROOT / "tests" / "ddp_autoencoder_worker.py"
+    subprocess.run([sys.executable, str(worker), str(data_dir), str(tmp_path), "2"],
                    check=True, env=env, cwd=tmp_path, timeout=300)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert all(r["world_size"] == 2 for r in ranks)

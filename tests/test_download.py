@@ -20,7 +20,7 @@ MD5 = hashlib.md5(PAYLOAD).hexdigest()
 class _Handler(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         mode, _, name = self.path.strip("/").partition("/")
         if mode == "down" or name not in self.files:
             self.send_error(404)

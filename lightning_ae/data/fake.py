@@ -42,7 +42,9 @@ class FakeImageDataModule(ImageDataModule):
         super().__init__("", batch_size, eval_batch_size, val_size, seed, 0, pixel_range, download=False)
         self.image_shape = check_image_shape(image_shape)
         if num_classes < 1 or num_train < 1 or num_test < 1:
-            raise ValueError(f"num_classes, num_train, num_test must be >= 1, got {num_classes}, {num_train}, {num_test}")
+            raise ValueError(
+                f"num_classes, num_train, num_test must be >= 1, got {num_classes}, {num_train}, {num_test}"
+            )
         if noise < 0:
             raise ValueError(f"noise must be >= 0, got {noise}")
         self.num_classes = num_classes

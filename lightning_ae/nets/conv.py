@@ -79,7 +79,10 @@ class ConvEncoder(nn.Module):
             c_out = hidden_channels // 2 if i < num_downsamples - 1 else hidden_channels
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
             c_in = c_out
-        layers += [nn.Conv2d(c_in, hidden_channels, 3, padding=1), ResidualStack(hidden_channels, res_channels, num_res_blocks)]
+        layers += [
+            nn.Conv2d(c_in, hidden_channels, 3, padding=1),
+            ResidualStack(hidden_channels, res_channels, num_res_blocks),
+        ]
         if spatial:
             layers.append(nn.Conv2d(hidden_channels, out_dim, 1))
         else:

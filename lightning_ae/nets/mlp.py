@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -14,7 +15,7 @@ from lightning_ae.nets.common import ImageShape, check_image_shape, make_activat
 def mlp(sizes: Sequence[int], activation: str = "relu", final_activation: bool = False) -> nn.Sequential:
     """A stack of ``Linear`` layers with ``activation`` between them (and after the last if asked)."""
     layers: list[nn.Module] = []
-    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (d_in, d_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(d_in, d_out))
         if i < len(sizes) - 2 or final_activation:
             layers.append(make_activation(activation))
