@@ -1,0 +1,139 @@
+"""Test NLL of the MNIST VAE (issue 6): ours vs pythae on the same networks and data, and our best config.
+
+Usage (``LIGHTNING_AE_DATA`` must hold ``MNIST/raw``)::
+
+    python benchmarks/vae_nll.py compare [--epochs 20] [--k 1000]   # ours vs pythae, static binarization
+    python benchmarks/vae_nll.py best [--epochs 55] [--k 1000]     # our best config, dynamic binarization
+
+``compare``: MLP 784-512-256-32 (ReLU, Bernoulli, Adam 1e-3, batch 128), 60k train / 10k test binarized once
+(seed 0 / 1), trained ``--epochs`` epochs by our ``Trainer.fit`` and by pythae's ``BaseTrainer``; both scored
+with OUR importance-weighted estimator (K samples, Burda et al. 2015) on the 10k test images, and pythae's own
+``get_nll`` on the first ``--pythae-nll-images`` test images (it loops over images one at a time).
+
+``best``: the same networks with 64 latent dims, dynamically binarized training data (a fresh Bernoulli sample
+of every batch), Adam 1e-3 decayed by a cosine schedule to 1e-5 over ``--epochs`` epochs
+(training stops at 29 minutes in any case), KL warm-up over the first 10 epochs; scored on one fixed-seed
+binarization of the test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+
+from benchmarks.vae_common import (
+    BATCH_SIZE,
+    LR,
+    make_vae,
+    mnist,
+    networks,
+    pythae_model,
+    pythae_trainer,
+    static_test_images,
+    test_nll,
+)
+from lightning_ae import VAE, MNISTDataModule
+
+
+class EpochTimer(Callback):
+    """Prints the elapsed time and the last training ELBO every ``every`` epochs."""
+
+    def __init__(self, every: int = 5) -> None:
+        self.every, self.start = every, time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every == 0:
+            elbo = trainer.callback_metrics.get("train/elbo", torch.tensor(float("nan"))).item()
+            print(f"epoch {trainer.current_epoch + 1}: {time.perf_counter() - self.start:.0f} s, "
+                  f"train/elbo {elbo:.2f}", flush=True)
+
+
+def fit_ours(model: VAE, dm: MNISTDataModule, epochs: int, max_time: str | None = None) -> float:
+    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=epochs, max_time=max_time, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0,                       callbacks=[EpochTimer()])
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    return time.perf_counter() - start
+
+
+def compare(args: argparse.Namespace) -> dict:
+    dm = mnist("static")
+    test_x = static_test_images(dm)
+    out: dict = {"epochs": args.epochs, "k": args.k}
+
+    seed_everything(0)
+    ours = make_vae(*networks())
+    out["ours_train_s"] = fit_ours(ours, dm, args.epochs)
+    out["ours_nll"] = test_nll(ours, test_x, args.k)
+    print(json.dumps(out), flush=True)
+
+    seed_everything(0)
+    enc, dec = networks()
+    pmodel = pythae_model(enc, dec)
+    train_x = dm.train_set.images.float() / 255.0
+    with tempfile.TemporaryDirectory() as tmp:
+        ptrainer = pythae_trainer(pmodel, train_x, args.epochs, tmp)
+        start = time.perf_counter()
+        ptrainer.train()
+        out["pythae_train_s"] = time.perf_counter() - start
+    trained = ptrainer.model  # pythae keeps the last model here (best on train is saved to disk)
+    out["pythae_nll_our_estimator"] = test_nll(make_vae(trained.encoder.net, trained.decoder.net), test_x, args.k)
+    n = args.pythae_nll_images
+    if n > 0:
+        trained.eval()
+        start = time.perf_counter()
+        with torch.no_grad():
+            out["pythae_own_get_nll_subset"] = -float(trained.get_nll(test_x[:n], n_samples=args.k, batch_size=100))
+        out["pythae_get_nll_s"] = time.perf_counter() - start
+        out["pythae_nll_our_estimator_subset"] = test_nll(make_vae(trained.encoder.net, trained.decoder.net),
+                                                         test_x[:n], args.k)
+        out["ours_nll_subset"] = test_nll(ours, test_x[:n], args.k)
+        out["subset_images"] = n
+    return out
+
+
+def best(args: argparse.Namespace) -> dict:
+    dm = mnist("dynamic")
+    test_x = static_test_images(dm)
+    steps_per_epoch = math.ceil(60000 / BATCH_SIZE)
+
+    def cosine(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=1e-5)
+
+    seed_everything(0)
+    model = make_vae(*networks(latent_dim=64), latent_dim=64, kl_warmup_steps=10 * steps_per_epoch,
+                     optimizer=lambda params: torch.optim.Adam(params, lr=LR), lr_scheduler=cosine)
+    out: dict = {"epochs": args.epochs, "k": args.k, "latent_dim": 64, "binarize": "dynamic",
+                 "schedule": "cosine 1e-3 -> 1e-5 per epoch", "kl_warmup_epochs": 10}
+    out["train_s"] = fit_ours(model, dm, args.epochs, max_time="00:00:29:00")  # a hard 29-minute cap
+    out["epochs_done"] = model.current_epoch
+    start = time.perf_counter()
+    out["nll"] = test_nll(model, test_x, args.k)
+    out["eval_s"] = time.perf_counter() - start
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["compare", "best"])
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--k", type=int, default=1000)
+    parser.add_argument("--pythae-nll-images", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the 2 cores are shared)")
+    args = parser.parse_args()
+    if args.epochs is None:
+        args.epochs = 20 if args.mode == "compare" else 55
+    torch.set_num_threads(args.threads)
+    out = compare(args) if args.mode == "compare" else best(args)
+    print(json.dumps(out, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
