@@ -15,6 +15,7 @@ from lightning_ae.models import (
     AutoencoderBase,
     ContractiveAutoencoder,
     DenoisingAutoencoder,
+    PixelCNNPrior,
     SparseAutoencoder,
 )
 from lightning_ae.quantizers import VectorQuantizer
@@ -34,6 +35,7 @@ __all__ = [
     "FashionMNISTDataModule",
     "ImageDataModule",
     "MNISTDataModule",
+    "PixelCNNPrior",
     "SparseAutoencoder",
     "VectorQuantizer",
     "__version__",

@@ -65,12 +65,14 @@ def laplace_smoothed(cluster_size: torch.Tensor, epsilon: float) -> torch.Tensor
 
 def ema_codebook(
     cluster_size: torch.Tensor, embed_sum: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor, decay: float,
-    epsilon: float,
+    epsilon: float, step: int,
 ) -> torch.Tensor:
     """One EMA codebook step (van den Oord et al. 2017, Appendix A.1, eqs. 6-8), in place on the statistics.
 
     ``N_i <- decay N_i + (1 - decay) n_i``; ``m_i <- decay m_i + (1 - decay) sum_j z_ij``; ``e_i = m_i / N_i`` with
-    Laplace-smoothed ``N_i``.
+    Laplace-smoothed ``N_i``. The statistics start at zero and are read zero-debiased, divided by
+    ``1 - decay**step`` (as sonnet's ``ExponentialMovingAverage``, whose VQ-VAE example the benchmarks follow):
+    a code unused so far has ``m_i = 0`` and moves to the origin, where small early encoder outputs can pick it up.
 
     Args:
         cluster_size: EMA counts ``N`` ``(K,)``, updated in place.
@@ -79,13 +81,15 @@ def ema_codebook(
         sums: this step's sums of assigned encoder outputs ``(K, D)`` (over all ranks).
         decay: EMA decay ``gamma``.
         epsilon: Laplace smoothing constant.
+        step: number of updates including this one (>= 1), for the zero-debiasing.
 
     Returns:
         The new codebook ``(K, D)``.
     """
     cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
     embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
-    return embed_sum / laplace_smoothed(cluster_size, epsilon).unsqueeze(1)
+    bias = 1 - decay**step
+    return (embed_sum / bias) / laplace_smoothed(cluster_size / bias, epsilon).unsqueeze(1)
 
 
 def perplexity_of_counts(counts: torch.Tensor) -> torch.Tensor:
@@ -171,13 +175,20 @@ class VectorQuantizer(nn.Module):
         self.ema, self.decay, self.epsilon = ema, decay, epsilon
         self.kmeans_init, self.kmeans_iters = kmeans_init, kmeans_iters
         self.restart_threshold, self.cosine = restart_threshold, cosine
-        # sonnet's initialisation: uniform(+-1/K) for the learned codebook, unit normal for EMA (its m_i = e_i, N_i=1)
+        # sonnet's initialisation: uniform(+-1/K) for the learned codebook, unit normal for EMA
         init = torch.randn(num_codes, code_dim) if ema else torch.empty(num_codes, code_dim).uniform_(
             -1 / num_codes, 1 / num_codes)
         self.codebook = nn.Parameter(init, requires_grad=not ema)
-        self.register_buffer("cluster_size", torch.ones(num_codes))
-        self.register_buffer("embed_sum", init.clone() if ema else torch.zeros(0))
+        # EMA statistics (zero-started, read debiased): usage counts per step (kept without EMA too, for restarts)
+        self.register_buffer("cluster_size", torch.zeros(num_codes))
+        self.register_buffer("embed_sum", torch.zeros(num_codes, code_dim) if ema else torch.zeros(0))
+        self.register_buffer("ema_steps", torch.tensor(0, dtype=torch.long))
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
+
+    def usage(self) -> torch.Tensor:
+        """Debiased EMA of each code's assignments per training step ``(K,)`` (zeros before any update)."""
+        steps = int(self.ema_steps)
+        return self.cluster_size / (1 - self.decay**steps) if steps else self.cluster_size.clone()
 
     # ---- lookup -------------------------------------------------------------------------------------------------
     def codes(self) -> torch.Tensor:
@@ -231,7 +242,7 @@ class VectorQuantizer(nn.Module):
                 self._update(flat.detach(), indices, counts)
         quantized = flat + (quantized - flat).detach()  # straight-through: d quantized / d z_e = identity
         out_shape = (z.shape[0], *z.shape[2:], self.code_dim)
-        quantized = quantized.reshape(out_shape).movedim(-1, 1).to(z.dtype)
+        quantized = quantized.reshape(out_shape).movedim(-1, 1).contiguous().to(z.dtype)
         return QuantizerOutput(quantized, indices.reshape(out_shape[:-1]), loss, codebook_loss, commitment_loss,
                                perplexity_of_counts(counts))
 
@@ -239,11 +250,12 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
         stats = counts.float()
+        self.ema_steps += 1
         if self.ema:
             sums = torch.zeros_like(self.embed_sum).index_add_(0, indices, flat)
             stats = all_reduce_sum(torch.cat([stats.unsqueeze(1), sums], 1))  # one collective for both
             self.codebook.copy_(ema_codebook(self.cluster_size, self.embed_sum, stats[:, 0], stats[:, 1:],
-                                             self.decay, self.epsilon))
+                                             self.decay, self.epsilon, int(self.ema_steps)))
         else:
             stats = all_reduce_sum(stats.unsqueeze(1))
             self.cluster_size.mul_(self.decay).add_(stats[:, 0], alpha=1 - self.decay)
@@ -254,17 +266,20 @@ class VectorQuantizer(nn.Module):
     def _restart(self, flat: torch.Tensor) -> None:
         """Re-initialises codes with EMA usage below ``restart_threshold`` from rank 0's current encoder outputs.
 
-        ``cluster_size`` is identical on all ranks (reduced counts), so every rank selects the same dead codes.
+        ``cluster_size`` is identical on all ranks (reduced counts), so every rank selects the same dead codes. A
+        restarted code gets usage ``restart_threshold``: it is restarted again next step unless it is used.
         """
-        dead = self.cluster_size < self.restart_threshold
+        dead = self.usage() < self.restart_threshold
         n_dead = int(dead.sum())
         if n_dead == 0:
             return
         new = sample_rows(flat, n_dead)
+        bias = 1 - self.decay ** int(self.ema_steps)
         self.codebook[dead] = new.to(self.codebook.dtype)
-        self.cluster_size[dead] = self.restart_threshold
-        if self.ema:
-            self.embed_sum[dead] = new * laplace_smoothed(self.cluster_size, self.epsilon)[dead].unsqueeze(1)
+        self.cluster_size[dead] = self.restart_threshold * bias
+        if self.ema:  # so that the debiased m_i / smoothed N_i is the new code
+            smoothed = laplace_smoothed(self.cluster_size / bias, self.epsilon)
+            self.embed_sum[dead] = new * smoothed[dead].unsqueeze(1) * bias
 
     @torch.no_grad()
     def _kmeans(self, flat: torch.Tensor) -> None:
@@ -278,10 +293,10 @@ class VectorQuantizer(nn.Module):
             stats = all_reduce_sum(stats)
             used = stats[:, 0] > 0
             centroids[used] = stats[used, 1:] / stats[used, :1]  # empty clusters keep their seed
-        self.codebook.copy_(centroids)
-        self.cluster_size.fill_(1.0)
-        if self.ema:
-            self.embed_sum.copy_(centroids)  # e_i = m_i / N_i with N_i = 1
+        self.codebook.copy_(centroids)  # the EMA statistics start (again) from zero
+        self.cluster_size.zero_()
+        self.embed_sum.zero_()
+        self.ema_steps.zero_()
         self.initialized.fill_(True)
 
     def extra_repr(self) -> str:

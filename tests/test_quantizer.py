@@ -75,22 +75,27 @@ def test_vq_losses_function() -> None:
     assert codebook.item() == pytest.approx(2.5) and commitment.item() == pytest.approx(0.625)
 
 
-def test_ema_update_matches_hand_computed_step() -> None:
+def test_ema_update_matches_hand_computed_steps() -> None:
     vq = quantizer(decay=0.9, epsilon=1e-3).train()
-    codebook0, size0, sum0 = vq.codebook.detach().clone(), vq.cluster_size.clone(), vq.embed_sum.clone()
-    z = torch.randn(2, 4, 3, 3)
-    out = vq(z)
-    flat = z.movedim(1, -1).reshape(-1, 4)
-    onehot = F.one_hot(out.indices.reshape(-1), 16).float()
-    size = 0.9 * size0 + 0.1 * onehot.sum(0)
-    embed_sum = 0.9 * sum0 + 0.1 * onehot.t() @ flat
-    n = size.sum()
-    smoothed = (size + 1e-3) / (n + 16 * 1e-3) * n
-    torch.testing.assert_close(vq.cluster_size, size)
-    torch.testing.assert_close(vq.embed_sum, embed_sum)
-    torch.testing.assert_close(vq.codebook.detach(), embed_sum / smoothed[:, None])
-    # the output used the codebook before the step, and the EMA codebook loss carries no gradient
-    torch.testing.assert_close(out.quantized, codebook0[out.indices].movedim(-1, 1))
+    size, embed_sum = torch.zeros(16), torch.zeros(16, 4)
+    for step in (1, 2):
+        codebook0 = vq.codebook.detach().clone()
+        z = torch.randn(2, 4, 3, 3) + step
+        out = vq(z)
+        flat = z.movedim(1, -1).reshape(-1, 4)
+        onehot = F.one_hot(out.indices.reshape(-1), 16).float()
+        size = 0.9 * size + 0.1 * onehot.sum(0)
+        embed_sum = 0.9 * embed_sum + 0.1 * onehot.t() @ flat
+        bias = 1 - 0.9**step  # zero-debiased statistics
+        n = size.sum() / bias
+        smoothed = (size / bias + 1e-3) / (n + 16 * 1e-3) * n
+        torch.testing.assert_close(vq.cluster_size, size)
+        torch.testing.assert_close(vq.embed_sum, embed_sum)
+        torch.testing.assert_close(vq.codebook.detach(), (embed_sum / bias) / smoothed[:, None])
+        torch.testing.assert_close(vq.usage(), size / bias)
+        # the output used the codebook before the step
+        torch.testing.assert_close(out.quantized, codebook0[out.indices].movedim(-1, 1))
+    # the EMA codebook loss carries no gradient
     assert not out.codebook_loss.requires_grad
     torch.testing.assert_close(out.loss, out.commitment_loss)
 
@@ -114,17 +119,19 @@ def test_restart_revives_dead_codes(ema: bool) -> None:
     vq = quantizer(ema=ema, restart_threshold=0.5).train()
     with torch.no_grad():
         vq.codebook[8:] = 100.0  # far from every input: never chosen
-        if ema:
-            vq.embed_sum[8:] = 100.0
     z = torch.randn(4, 4, 4, 4)
-    for _ in range(80):  # usage EMA of codes 8.. decays from 1 below the threshold
-        vq(z)
     flat = z.movedim(1, -1).reshape(-1, 4)
-    revived = vq.codebook.detach()[8:]
-    assert revived.abs().max() < 50
-    assert (vq.eval()(z).indices >= 8).any()
-    if not ema:  # without EMA the restarted codes are exactly encoder outputs
-        assert ((revived[:, None] - flat[None]) ** 2).sum(-1).min(1).values.max() < 1e-10
+    unused = torch.ones(16, dtype=torch.bool)
+    unused[vq.eval()(z).indices.unique()] = False
+    assert unused[8:].all()
+    vq.train()(z)  # debiased usage after one step = this step's counts: unused codes (< 0.5) restart now
+    revived = vq.codebook.detach()[unused]
+    assert ((revived[:, None] - flat[None]) ** 2).sum(-1).min(1).values.max() < 1e-10  # encoder outputs
+    assert (vq.usage()[unused] == 0.5).all()
+    assert (vq.eval()(z).indices >= 8).any()  # and they are used
+    vq.train()(z)
+    if ema:  # the next EMA step keeps what the restart set, up to smoothing
+        assert vq.codebook.detach()[8:].abs().max() < 10
 
 
 def test_kmeans_init_finds_the_clusters() -> None:

@@ -4,6 +4,7 @@ from lightning_ae.models.autoencoder import Autoencoder
 from lightning_ae.models.base import AutoencoderBase, extract_images, extract_labels
 from lightning_ae.models.contractive import ContractiveAutoencoder
 from lightning_ae.models.denoising import DenoisingAutoencoder
+from lightning_ae.models.prior import PixelCNNPrior
 from lightning_ae.models.sparse import SparseAutoencoder
 from lightning_ae.models.vae import VAE
 from lightning_ae.models.vqvae import VQVAE
@@ -15,6 +16,7 @@ __all__ = [
     "AutoencoderBase",
     "ContractiveAutoencoder",
     "DenoisingAutoencoder",
+    "PixelCNNPrior",
     "SparseAutoencoder",
     "extract_images",
     "extract_labels",

@@ -73,6 +73,8 @@ class VQVAE(AutoencoderBase):
     ) -> None:
         if network != "conv":
             raise ValueError(f"network must be 'conv' for VQVAE (its codes form a spatial grid), got {network!r}")
+        # read by default_networks() during the base __init__ (plain ints may be set before Module.__init__)
+        self.arch = {"hidden_channels": hidden_channels, "res_channels": res_channels, "num_res_blocks": num_res_blocks}
         super().__init__(encoder, decoder, latent_dim, network, image_shape, num_classes, pixel_range, optimizer,
                          lr_scheduler)
         self.quantizer = VectorQuantizer(num_codes, latent_dim, beta, ema, decay, epsilon, kmeans_init, kmeans_iters,
@@ -80,10 +82,9 @@ class VQVAE(AutoencoderBase):
         self.train_usage, self.val_usage, self.test_usage = (CodebookUsage(num_codes) for _ in range(3))
 
     def default_networks(self) -> tuple[nn.Module, nn.Module]:
-        arch = {k: self.hparams[k] for k in ("hidden_channels", "res_channels", "num_res_blocks")}
         return (
-            ConvEncoder(self.image_shape, self.latent_dim, spatial=True, **arch),
-            ConvDecoder(self.image_shape, self.latent_dim, spatial=True, **arch),
+            ConvEncoder(self.image_shape, self.latent_dim, spatial=True, **self.arch),
+            ConvDecoder(self.image_shape, self.latent_dim, spatial=True, **self.arch),
         )
 
     # ---- the contract used by the prior and the callbacks --------------------------------------------------------

@@ -2,11 +2,14 @@
 
 from lightning_ae.nets.conv import ConvDecoder, ConvEncoder, ResidualBlock, ResidualStack
 from lightning_ae.nets.mlp import MLPDecoder, MLPEncoder, mlp
+from lightning_ae.nets.pixelcnn import GatedMaskedConv2d, GatedPixelCNN
 from lightning_ae.nets.sigmoid import SigmoidEncoder
 
 __all__ = [
     "ConvDecoder",
     "ConvEncoder",
+    "GatedMaskedConv2d",
+    "GatedPixelCNN",
     "MLPDecoder",
     "MLPEncoder",
     "ResidualBlock",

@@ -1,0 +1,123 @@
+"""The learned categorical prior of the VQ-VAE (van den Oord et al. 2017, section 3.2): an autoregressive gated
+PixelCNN over the grid of code indices of a frozen, trained :class:`VQVAE`, so that the VQ-VAE can generate."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from lightning_ae.models.base import Stage, extract_images
+from lightning_ae.models.vqvae import VQVAE
+from lightning_ae.nets.pixelcnn import GatedPixelCNN
+
+
+class PixelCNNPrior(LightningModule):
+    """Stage two of the VQ-VAE: a gated PixelCNN trained on the codes of a frozen VQ-VAE, computed on the fly.
+
+    Logs ``{stage}/loss`` (the NLL in nats per code) and ``{stage}/bits_per_dim`` (the NLL of a whole code grid
+    in bits, divided by the number of image dimensions ``C*H*W``). ``sample_indices(n)`` draws code grids and
+    ``sample(n)`` decodes them through the VQ-VAE into images.
+
+    The VQ-VAE's weights are part of this module's checkpoint, but its architecture is rebuilt from
+    ``vqvae_checkpoint``, which must therefore still exist when this module is loaded.
+
+    Args:
+        vqvae_checkpoint: path of a trained :class:`VQVAE` checkpoint (``lightning-ae fit`` writes one).
+        channels: feature channels of the PixelCNN.
+        num_layers: gated layers of the PixelCNN.
+        kernel_size: odd kernel size of the gated layers.
+        image_shape: ``(C, H, W)`` of the images (linked from the datamodule; must match the VQ-VAE's).
+        num_classes: classes of the dataset (linked from the datamodule; unused).
+        pixel_range: pixel range of the data (linked from the datamodule; must match the VQ-VAE's).
+        optimizer: optimizer factory for the PixelCNN (default: Adam, lr 1e-3).
+        lr_scheduler: optional scheduler factory (monitors ``val/loss``).
+    """
+
+    def __init__(
+        self,
+        vqvae_checkpoint: str,
+        channels: int = 64,
+        num_layers: int = 8,
+        kernel_size: int = 5,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        num_classes: int | None = None,
+        pixel_range: tuple[float, float] = (0.0, 1.0),
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        vqvae = VQVAE.load_from_checkpoint(vqvae_checkpoint, map_location="cpu", weights_only=False)
+        if tuple(image_shape) != vqvae.image_shape:
+            raise ValueError(f"image_shape {tuple(image_shape)} does not match the VQ-VAE's {vqvae.image_shape}")
+        if tuple(float(p) for p in pixel_range) != vqvae.pixel_range:
+            raise ValueError(f"pixel_range {tuple(pixel_range)} does not match the VQ-VAE's {vqvae.pixel_range}")
+        self.vqvae = vqvae.eval().requires_grad_(False)
+        self.image_shape = vqvae.image_shape
+        self.grid_shape: tuple[int, int] = tuple(  # type: ignore[assignment]
+            self.vqvae.encode_to_indices(torch.zeros(1, *self.image_shape)).shape[1:])
+        self.pixelcnn = GatedPixelCNN(vqvae.quantizer.num_codes, channels, num_layers, kernel_size)
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+
+    def train(self, mode: bool = True) -> PixelCNNPrior:
+        super().train(mode)
+        self.vqvae.eval()  # frozen: its quantizer never updates the codebook
+        return self
+
+    # ---- codes, likelihood, samples ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> code indices ``(B, h, w)`` of the frozen VQ-VAE."""
+        return self.vqvae.encode_to_indices(x)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code indices ``(B, h, w)`` -> logits ``(B, K, h, w)`` of each code given the ones before it."""
+        return self.pixelcnn(indices)
+
+    def nll(self, indices: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood in nats per code."""
+        return F.cross_entropy(self(indices), indices)
+
+    def bits_per_dim(self, nats_per_code: torch.Tensor) -> torch.Tensor:
+        """NLL of a whole code grid in bits, per image dimension ``C*H*W``."""
+        return nats_per_code * math.prod(self.grid_shape) / (math.log(2) * math.prod(self.image_shape))
+
+    def sample_indices(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """``n`` code grids ``(n, h, w)`` drawn from the prior."""
+        return self.pixelcnn.sample(n, self.grid_shape, temperature)
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """``n`` images ``(n, C, H, W)`` in pixel space: prior samples decoded by the VQ-VAE."""
+        return self.vqvae.decode_indices(self.sample_indices(n, temperature))
+
+    # ---- the step ------------------------------------------------------------------------------------------------
+    def _step(self, batch: Any, stage: Stage) -> torch.Tensor:
+        x = self.vqvae.check_images(extract_images(batch))
+        loss = self.nll(self.codes(x))
+        on_step = stage == "train"
+        self.log_dict({f"{stage}/loss": loss.detach(), f"{stage}/bits_per_dim": self.bits_per_dim(loss.detach())},
+                      on_step=on_step, on_epoch=not on_step, sync_dist=not on_step, batch_size=x.shape[0])
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.pixelcnn.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
