@@ -12,11 +12,33 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from lightning_ae import VAE, Autoencoder, AutoencoderBase, FakeImageDataModule
+from lightning_ae import (
+    VAE,
+    Autoencoder,
+    AutoencoderBase,
+    ContractiveAutoencoder,
+    DenoisingAutoencoder,
+    FakeImageDataModule,
+    SparseAutoencoder,
+)
 
 VARIANTS = [
     pytest.param(Autoencoder, {"reconstruction": "bce"}, (1, 28, 28), id="ae-mlp-bce"),
     pytest.param(Autoencoder, {"network": "conv", "latent_dim": 8}, (3, 32, 32), id="ae-conv-mse"),
+    pytest.param(DenoisingAutoencoder, {"corruption": "gaussian", "noise_level": 0.3}, (1, 28, 28), id="dae-gaussian"),
+    pytest.param(DenoisingAutoencoder, {"corruption": "masking", "reconstruction": "bce"}, (1, 28, 28),
+                 id="dae-masking-bce"),
+    pytest.param(DenoisingAutoencoder, {"network": "conv", "latent_dim": 8, "corruption": "salt_and_pepper"},
+                 (3, 32, 32), id="dae-conv-salt-and-pepper"),
+    pytest.param(SparseAutoencoder, {"sparsity": "l1"}, (1, 28, 28), id="sae-l1"),
+    pytest.param(SparseAutoencoder, {"sparsity": "kl", "reconstruction": "bce"}, (1, 28, 28), id="sae-kl-bce"),
+    pytest.param(SparseAutoencoder, {"network": "conv", "latent_dim": 8, "sparsity": "topk", "k": 3}, (3, 32, 32),
+                 id="sae-conv-topk"),
+    pytest.param(ContractiveAutoencoder, {"penalty": "exact", "latent_dim": 8}, (1, 28, 28), id="cae-exact"),
+    pytest.param(ContractiveAutoencoder, {"penalty": "sigmoid", "reconstruction": "bce"}, (1, 28, 28),
+                 id="cae-sigmoid-bce"),
+    pytest.param(ContractiveAutoencoder, {"network": "conv", "latent_dim": 8, "penalty": "stochastic"}, (3, 32, 32),
+                 id="cae-conv-stochastic"),
     pytest.param(VAE, {"likelihood": "bernoulli"}, (1, 28, 28), id="vae-mlp-bernoulli"),
     pytest.param(VAE, {"network": "conv", "latent_dim": 8, "likelihood": "gaussian", "gaussian_std": None},
                  (3, 32, 32), id="vae-conv-gaussian"),
