@@ -134,9 +134,9 @@ def bits_per_dim(nll: torch.Tensor, num_dims: int, bin_width: float | None = Non
 def free_bits_kl(kl_per_dim: torch.Tensor, free_bits: float) -> torch.Tensor:
     """KL term with free bits: ``sum_j max(lambda, E_x[KL(q(z_j|x) || p(z_j))])``.
 
-    Kingma et al. 2016, appendix C.8 ("free bits"): the KL of each latent dimension, averaged over the
-    minibatch, is floored at ``lambda`` nats, so dimensions under the floor get no gradient pushing them to the
-    prior. With ``free_bits = 0`` this is the plain minibatch-mean KL.
+    Kingma et al. 2016, the "free bits" objective of their appendix C: the KL of each latent dimension,
+    averaged over the minibatch, is floored at ``lambda`` nats, so dimensions under the floor get no gradient
+    pushing them to the prior. With ``free_bits = 0`` this is the plain minibatch-mean KL.
 
     Args:
         kl_per_dim: ``(B, D)`` per-sample, per-dimension KL in nats.

@@ -306,11 +306,7 @@ def _check_args(
         raise ValueError(f"likelihood='bernoulli' needs pixel_range (0, 1), got {tuple(pixel_range)}")
     if gaussian_std is not None and gaussian_std <= 0:
         raise ValueError(f"gaussian_std must be > 0 or None (learned), got {gaussian_std}")
-    checks = {"beta": beta >= 0, "kl_warmup_steps": kl_warmup_steps >= 0, "free_bits": free_bits >= 0,
-              "iw_samples": iw_samples >= 1, "iw_batch": iw_batch >= 1}
-    values = {"beta": beta, "kl_warmup_steps": kl_warmup_steps, "free_bits": free_bits, "iw_samples": iw_samples,
-              "iw_batch": iw_batch}
-    for name, ok in checks.items():
-        if not ok:
-            bound = ">= 1" if name.startswith("iw_") else ">= 0"
-            raise ValueError(f"{name} must be {bound}, got {values[name]}")
+    for name, value, low in (("beta", beta, 0), ("kl_warmup_steps", kl_warmup_steps, 0), ("free_bits", free_bits, 0),
+                             ("iw_samples", iw_samples, 1), ("iw_batch", iw_batch, 1)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
