@@ -187,7 +187,7 @@ class VAE(AutoencoderBase):
         weight = self.kl_weight()
         terms = {"loss": recon + weight * kl_term, "elbo": -(recon + kl), "recon": recon, "kl": kl}
         if stage == "train":
-            terms["kl_weight"] = torch.tensor(weight)
+            terms["kl_weight"] = torch.tensor(weight, device=x.device)
         elif stage == "val":
             self.active_units.update(q.mean)
         else:
