@@ -1,5 +1,12 @@
 """lightning-ae: autoencoders as PyTorch Lightning plug-in modules."""
 
+from lightning_ae.callbacks import (
+    CodebookUsageMonitor,
+    LatentInterpolation,
+    LatentSpaceVisualizer,
+    ReconstructionGrid,
+    SampleGrid,
+)
 from lightning_ae.data import (
     CIFAR10DataModule,
     FakeImageDataModule,
@@ -29,13 +36,18 @@ __all__ = [
     "AutoencoderBase",
     "CIFAR10DataModule",
     "CodebookUsage",
+    "CodebookUsageMonitor",
     "ContractiveAutoencoder",
     "DenoisingAutoencoder",
     "FakeImageDataModule",
     "FashionMNISTDataModule",
     "ImageDataModule",
+    "LatentInterpolation",
+    "LatentSpaceVisualizer",
     "MNISTDataModule",
     "PixelCNNPrior",
+    "ReconstructionGrid",
+    "SampleGrid",
     "SparseAutoencoder",
     "VectorQuantizer",
     "__version__",
