@@ -5,6 +5,7 @@ defaults, :meth:`AutoencoderBase.default_networks`), nothing else.
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -18,6 +19,26 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from lightning_ae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from lightning_ae.nets.common import check_image_shape
+
+def _allow_optimizer_classes_in_checkpoints() -> None:
+    """Lets ``load_from_checkpoint`` (``weights_only`` loading) read hparams naming a torch optimizer or scheduler
+    class, e.g. the default ``optimizer=torch.optim.Adam`` of a model built from Python."""
+    classes = [c for c in vars(torch.optim).values() if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)]
+    schedulers = vars(torch.optim.lr_scheduler).values()
+    classes += [c for c in schedulers if isinstance(c, type) and issubclass(c, torch.optim.lr_scheduler.LRScheduler)]
+    torch.serialization.add_safe_globals(classes)
+
+
+_allow_optimizer_classes_in_checkpoints()
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return False
+    return True
+
 
 Network = Literal["mlp", "conv"]
 Stage = Literal["train", "val", "test"]
@@ -74,9 +95,11 @@ class AutoencoderBase(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        with warnings.catch_warnings():  # modules given from Python are kept so load_from_checkpoint needs nothing
+        # a lambda optimizer/scheduler cannot be stored in a checkpoint: a reloaded model gets the default
+        unpicklable = [name for name, v in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler)) if not _picklable(v)]
+        with warnings.catch_warnings():  # modules given from Python are kept so load_from_checkpoint can rebuild them
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
-            self.save_hyperparameters()
+            self.save_hyperparameters(ignore=unpicklable)
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
         if network not in ("mlp", "conv"):
