@@ -1,0 +1,93 @@
+"""The gated PixelCNN prior: causal masking (by gradients), likelihood units, sampling and decoding."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+
+from lightning_ae import VQVAE, FakeImageDataModule, PixelCNNPrior
+from lightning_ae.nets.pixelcnn import GatedPixelCNN
+
+
+@pytest.mark.parametrize(("layers", "kernel"), [(1, 3), (3, 5), (5, 3)])
+def test_pixelcnn_is_causal(layers: int, kernel: int) -> None:
+    torch.manual_seed(0)
+    net = GatedPixelCNN(num_codes=5, channels=6, num_layers=layers, kernel_size=kernel)
+    net.head = torch.nn.Conv2d(6, 5, 1)  # the head is pointwise; a linear one has no dead ReLUs to hide gradients
+    h, w = 5, 6
+    x = torch.randn(1, 6, h, w, requires_grad=True)
+    logits = net.logits_from_embeddings(x)
+    for pos in range(h * w):
+        (grad,) = torch.autograd.grad(logits[0, :, pos // w, pos % w].sum(), x, retain_graph=True)
+        seen = grad[0].abs().sum(0).reshape(-1) > 0
+        assert not seen[pos:].any(), f"position {pos} sees positions {seen[pos:].nonzero().flatten().tolist()}"
+        if pos % w:
+            assert seen[pos - 1], "the position to the left must be seen"
+        if pos >= w:
+            assert seen[pos - w], "the position above must be seen"
+    # the bottom-right output sees the whole row above it (the gated stacks have no blind spot)
+    (grad,) = torch.autograd.grad(logits[0, :, h - 1, w - 1].sum(), x)
+    assert (grad[0].abs().sum(0)[h - 2, w - 1 - min(w - 1, layers * (kernel // 2)):] > 0).all()
+
+
+def test_pixelcnn_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="kernel_size"):
+        GatedPixelCNN(kernel_size=4)
+    with pytest.raises(ValueError, match="num_codes"):
+        GatedPixelCNN(num_codes=1)
+
+
+@pytest.fixture(scope="module")
+def vqvae_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    seed_everything(0)
+    model = VQVAE(image_shape=(1, 28, 28), latent_dim=8, num_codes=16, hidden_channels=16, res_channels=8)
+    data = FakeImageDataModule(image_shape=(1, 28, 28), num_train=64, val_size=16, batch_size=16)
+    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1)
+    trainer.fit(model, datamodule=data)
+    path = tmp_path_factory.mktemp("vqvae") / "vqvae.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_prior_likelihood_sampling_and_decoding(vqvae_checkpoint: Path, tmp_path: Path) -> None:
+    prior = PixelCNNPrior(str(vqvae_checkpoint), channels=8, num_layers=2, kernel_size=3)
+    assert prior.grid_shape == (7, 7)
+    x = torch.rand(4, 1, 28, 28)
+    nats = prior.nll(prior.codes(x))
+    assert nats.item() == pytest.approx(math.log(16), rel=0.2)  # untrained: near uniform over 16 codes
+    torch.testing.assert_close(prior.bits_per_dim(nats), nats * 49 / (math.log(2) * 784))
+    grids = prior.sample_indices(3)
+    assert grids.shape == (3, 7, 7) and grids.dtype == torch.long and grids.min() >= 0 and grids.max() < 16
+    images = prior.sample(2)
+    assert images.shape == (2, 1, 28, 28) and torch.isfinite(images).all()
+
+
+def test_prior_trains_with_the_vqvae_frozen(vqvae_checkpoint: Path, tmp_path: Path) -> None:
+    prior = PixelCNNPrior(str(vqvae_checkpoint), channels=8, num_layers=2, kernel_size=3)
+    frozen = {k: v.clone() for k, v in prior.vqvae.state_dict().items()}
+    before = [p.detach().clone() for p in prior.pixelcnn.parameters()]
+    data = FakeImageDataModule(image_shape=(1, 28, 28), num_train=64, val_size=16, batch_size=16)
+    trainer = Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+                      default_root_dir=tmp_path)
+    trainer.fit(prior, datamodule=data)
+    assert all(torch.equal(v, prior.vqvae.state_dict()[k]) for k, v in frozen.items())
+    assert any(not torch.equal(a, b) for a, b in zip(before, prior.pixelcnn.parameters(), strict=True))
+    assert {"val/loss", "val/bits_per_dim"} <= set(trainer.callback_metrics)
+    path = tmp_path / "prior.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = PixelCNNPrior.load_from_checkpoint(path, weights_only=False)
+    idx = prior.codes(torch.rand(2, 1, 28, 28))
+    torch.testing.assert_close(loaded(idx), prior.eval()(idx))
+
+
+def test_prior_checks_the_data_matches(vqvae_checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match="image_shape"):
+        PixelCNNPrior(str(vqvae_checkpoint), image_shape=(3, 32, 32))
+    with pytest.raises(ValueError, match="pixel_range"):
+        PixelCNNPrior(str(vqvae_checkpoint), pixel_range=(-0.5, 0.5))
