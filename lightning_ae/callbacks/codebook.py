@@ -88,7 +88,8 @@ class CodebookUsageMonitor(EpochCallback):
             return
         self.last_values = {k: float(v) for k, v in values.items()}
         for name, value in values.items():
-            pl_module.log(f"val/codebook_{name}", value.float(), on_step=False, on_epoch=True, sync_dist=False)
+            # equal on every rank already; sync_dist only silences Lightning's advice (a mean of equal values)
+            pl_module.log(f"val/codebook_{name}", value.float(), on_step=False, on_epoch=True, sync_dist=True)
         self._warn_if_collapsed(pl_module)
         if trainer.is_global_zero:
             used = self.usage.num_codes - int(self.last_values["dead_codes"])

@@ -61,8 +61,10 @@ def png_path(log_dir: str | os.PathLike[str], key: str, step: int) -> Path:
 
 
 def _file_log_dir(trainer: Trainer, logger: Logger | None) -> str:
-    log_dir = getattr(logger, "log_dir", None) if logger is not None else None
-    return log_dir or trainer.log_dir or trainer.default_root_dir
+    """The logger's ``log_dir`` (or ``save_dir``), else ``default_root_dir``. Not ``trainer.log_dir``: under DDP
+    it broadcasts, and this runs on rank zero only."""
+    log_dir = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) if logger is not None else None
+    return log_dir or trainer.default_root_dir
 
 
 def log_image(trainer: Trainer, key: str, image: ImageLike, step: int | None = None) -> list[Path]:
