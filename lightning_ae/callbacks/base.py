@@ -63,6 +63,11 @@ def pixel_range_of(pl_module: LightningModule) -> tuple[float, float]:
     return float(value[0]), float(value[1])
 
 
+def epoch_label(trainer: Trainer) -> str:
+    """``", epoch N"`` while fitting, else ``""`` (a figure drawn by ``trainer.validate`` has no epoch)."""
+    return f", epoch {trainer.current_epoch}" if trainer.state.fn == TrainerFn.FITTING else ""
+
+
 class EpochCallback(Callback):
     """Runs on the validation epochs ``every_n_epochs`` apart (the n-th, 2n-th... and the last one).
 

@@ -10,7 +10,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 
-from lightning_ae.callbacks.base import EpochCallback, require_methods
+from lightning_ae.callbacks.base import EpochCallback, epoch_label, require_methods
 from lightning_ae.callbacks.logging import log_image, new_figure
 from lightning_ae.metrics import CodebookUsage
 from lightning_ae.models.base import extract_images
@@ -93,7 +93,7 @@ class CodebookUsageMonitor(EpochCallback):
         self._warn_if_collapsed(pl_module)
         if trainer.is_global_zero:
             used = self.usage.num_codes - int(self.last_values["dead_codes"])
-            title = (f"codebook usage, epoch {trainer.current_epoch}: {used}/{self.usage.num_codes} codes used, "
+            title = (f"codebook usage{epoch_label(trainer)}: {used}/{self.usage.num_codes} codes used, "
                      f"perplexity {self.last_values['perplexity']:.1f}")
             log_image(trainer, "val/codebook_usage", usage_figure(self.last_counts, title))
 

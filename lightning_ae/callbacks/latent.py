@@ -11,7 +11,7 @@ from lightning.pytorch import LightningModule, Trainer
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from lightning_ae.callbacks.base import Rows, ValidationCollector, require_methods
+from lightning_ae.callbacks.base import Rows, ValidationCollector, epoch_label, require_methods
 from lightning_ae.callbacks.logging import log_image, new_figure
 
 Projection = Literal["auto", "identity", "pca", "tsne"]
@@ -147,8 +147,8 @@ class LatentSpaceVisualizer(ValidationCollector):
         self.last_labels = rows.get("label")
         datamodule = getattr(trainer, "datamodule", None)
         class_names = getattr(datamodule, "class_names", None) or None
-        title = f"{type(pl_module).__name__} latent space ({self._method(rows['latent'].shape[1])}), epoch " \
-                f"{trainer.current_epoch}"
+        method = self._method(rows["latent"].shape[1])
+        title = f"{type(pl_module).__name__} latent space ({method}){epoch_label(trainer)}"
         figure = scatter_figure(self.last_points, self.last_labels, class_names, title, self.point_size)
         log_image(trainer, "val/latent_space", figure)
 
