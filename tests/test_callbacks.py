@@ -388,3 +388,51 @@ def test_latent_scatter_separates_the_clusters(tmp_path: Path) -> None:
     assert nearest_centroid_accuracy(labels) > 0.95
     assert nearest_centroid_accuracy(labels[torch.randperm(200)]) < 0.6  # the check can fail
     assert (tmp_path / "images" / "val_latent_space").is_dir()
+
+
+CLI_CONFIG = """
+trainer:
+  logger:
+    class_path: lightning.pytorch.loggers.WandbLogger
+    init_args: {offline: true, project: lightning-ae-tests}
+  callbacks:
+    - class_path: lightning_ae.callbacks.ReconstructionGrid
+      init_args: {every_n_epochs: 2, num_images: 16, nrow: 4}
+    - class_path: lightning_ae.callbacks.SampleGrid
+      init_args: {num_samples: 9, seed: 3}
+    - class_path: lightning_ae.callbacks.LatentInterpolation
+      init_args: {num_pairs: 3, traversal_dims: 2}
+    - class_path: lightning_ae.callbacks.LatentSpaceVisualizer
+      init_args: {projection: tsne, num_samples: 500}
+    - class_path: lightning_ae.callbacks.CodebookUsageMonitor
+      init_args: {min_used_fraction: 0.25}
+model: {class_path: lightning_ae.VAE}
+data: {class_path: lightning_ae.FakeImageDataModule}
+"""
+
+
+@pytest.mark.parametrize("progress_bar", [True, False])
+def test_cli_yaml_callbacks_wandb_logger_and_rich_defaults(
+    progress_bar: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightning.pytorch import LightningDataModule
+    from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
+
+    from lightning_ae.cli import LightningAECLI
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    config = tmp_path / "config.yaml"
+    config.write_text(CLI_CONFIG)
+    cli = LightningAECLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                         auto_configure_optimizers=False, run=False,
+                         args=["--config", str(config), "--trainer.logger.save_dir", str(tmp_path),
+                               "--trainer.enable_progress_bar", str(progress_bar).lower()])
+    assert isinstance(cli.trainer.logger, WandbLogger)
+    found = {type(c): c for c in cli.trainer.callbacks}
+    assert found[ReconstructionGrid].every_n_epochs == 2 and found[ReconstructionGrid].max_rows == 16
+    assert found[SampleGrid].num_samples == 9 and found[SampleGrid].seed == 3
+    assert found[LatentInterpolation].traversal_dims == 2 and found[LatentSpaceVisualizer].projection == "tsne"
+    assert found[CodebookUsageMonitor].min_used_fraction == 0.25
+    assert (RichProgressBar in found) is progress_bar  # the config's callbacks are kept, Rich ones added
+    assert RichModelSummary in found
