@@ -310,3 +310,26 @@ def test_mnist_vae_learns_a_reasonable_likelihood(real_mnist_dir: Path, tmp_path
     assert m["val/active_units"].item() >= 5
     assert m["test/nll"].item() < 130.0  # ~200 untrained -> ~110-120 nats after two epochs
     assert m["test/nll"].item() <= -m["test/elbo"].item()
+
+
+# ---- training-step logging cadence (AutoencoderBase._logs_train_step) ----------------------------------------
+def _csv_rows(tmp_path: Path, every_step: bool, name: str) -> list[dict]:
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    model = small_vae()
+    if every_step:
+        model._logs_train_step = lambda: True  # type: ignore[method-assign]
+    data = FakeImageDataModule(image_shape=(1, 4, 4), num_train=80, val_size=16, batch_size=8, seed=0)
+    logger = CSVLogger(tmp_path, name=name)
+    seed_everything(0)
+    quiet_trainer(tmp_path, logger=logger, log_every_n_steps=3, max_epochs=2).fit(model, datamodule=data)
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_terms_reach_loggers_exactly_as_when_logged_every_step(tmp_path: Path) -> None:
+    sparse, full = _csv_rows(tmp_path, False, "cadence"), _csv_rows(tmp_path, True, "every")
+    assert len(sparse) == len(full) > 4
+    assert sparse == full
