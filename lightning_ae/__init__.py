@@ -25,6 +25,7 @@ from lightning_ae.models import (
     PixelCNNPrior,
     SparseAutoencoder,
 )
+from lightning_ae.probe import LinearProbe, linear_probe
 from lightning_ae.quantizers import VectorQuantizer
 
 __version__ = "0.1.0"
@@ -44,6 +45,7 @@ __all__ = [
     "ImageDataModule",
     "LatentInterpolation",
     "LatentSpaceVisualizer",
+    "LinearProbe",
     "MNISTDataModule",
     "PixelCNNPrior",
     "ReconstructionGrid",
@@ -51,4 +53,5 @@ __all__ = [
     "SparseAutoencoder",
     "VectorQuantizer",
     "__version__",
+    "linear_probe",
 ]

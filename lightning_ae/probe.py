@@ -2,7 +2,8 @@
 
 A multinomial logistic regression is fitted on the codes of the training split and scored on the codes of the
 test split — the usual representation-learning figure of an autoencoder. Written in torch (full-batch L-BFGS),
-so it needs no extra dependency. Single process: call it after training, not inside a DDP run.
+so it needs no extra dependency. :func:`linear_probe` is single-process (call it after training, or through the
+:class:`LinearProbe` callback, which runs it on rank zero during ``fit``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from torch import nn
 
 from lightning_ae.models.base import AutoencoderBase, extract_images, extract_labels
@@ -132,3 +133,67 @@ def linear_probe(
     test_z, test_y = encode_batches(model, datamodule.test_dataloader(), datamodule)
     classifier = fit_logistic_regression(train_z, train_y, int(num_classes), weight_decay, max_iter)
     return (classifier(test_z).argmax(1) == test_y).float().mean().item()
+
+
+class LinearProbe(Callback):
+    """Runs :func:`linear_probe` during ``fit`` and logs ``probe/accuracy`` through ``pl_module.log`` (so to every
+    logger, the progress bar and ``trainer.callback_metrics``).
+
+    The probe runs at the end of a training epoch (after that epoch's validation): every ``every_n_epochs``
+    epochs, and always at the last one (``max_epochs`` reached, ``max_steps`` reached or a requested stop). It
+    is computed on global rank zero only, on the trainer's datamodule (its ``train_dataloader`` to fit,
+    ``test_dataloader`` to score, both unsharded); the other ranks do not wait for it, and the value is logged
+    with ``rank_zero_only=True``. The last accuracy is also kept in :attr:`accuracy`.
+
+    Args:
+        every_n_epochs: also probe every this many epochs; ``0``: only at the last epoch.
+        max_train_samples: fit the logistic regression on at most this many training samples.
+        weight_decay: L2 penalty of the logistic regression.
+        max_iter: L-BFGS iterations.
+        num_classes: classes (default: the datamodule's, else the model's).
+        name: the logged key.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 0,
+        max_train_samples: int | None = None,
+        weight_decay: float = 1e-4,
+        max_iter: int = 200,
+        num_classes: int | None = None,
+        name: str = "probe/accuracy",
+    ) -> None:
+        if every_n_epochs < 0:
+            raise ValueError(f"every_n_epochs must be >= 0, got {every_n_epochs}")
+        if max_train_samples is not None and max_train_samples < 1:
+            raise ValueError(f"max_train_samples must be >= 1, got {max_train_samples}")
+        self.every_n_epochs = every_n_epochs
+        self.max_train_samples = max_train_samples
+        self.weight_decay = weight_decay
+        self.max_iter = max_iter
+        self.num_classes = num_classes
+        self.name = name
+        self.accuracy: float | None = None
+
+    @staticmethod
+    def _is_last_epoch(trainer: Trainer) -> bool:
+        if trainer.should_stop:
+            return True
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and 0 <= max_epochs <= trainer.current_epoch + 1:
+            return True
+        return trainer.max_steps is not None and 0 <= trainer.max_steps <= trainer.global_step
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        if not (due or self._is_last_epoch(trainer)):
+            return
+        if trainer.datamodule is None:
+            raise ValueError("LinearProbe needs the trainer's datamodule (trainer.fit(model, datamodule=...))")
+        if not trainer.is_global_zero:
+            return
+        if not isinstance(pl_module, AutoencoderBase):
+            raise TypeError(f"LinearProbe needs an AutoencoderBase (for encode), got {type(pl_module).__name__}")
+        self.accuracy = linear_probe(pl_module, trainer.datamodule, self.num_classes, self.weight_decay,
+                                     self.max_iter, self.max_train_samples)
+        pl_module.log(self.name, self.accuracy, on_step=False, on_epoch=True, rank_zero_only=True)

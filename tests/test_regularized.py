@@ -22,7 +22,7 @@ from lightning_ae import (
 )
 from lightning_ae.losses import contractive_penalty_exact, contractive_penalty_stochastic, reconstruction_loss
 from lightning_ae.nets import MLPDecoder, MLPEncoder, SigmoidEncoder
-from lightning_ae.probe import encode_batches, fit_logistic_regression, linear_probe
+from lightning_ae.probe import LinearProbe, encode_batches, fit_logistic_regression, linear_probe
 
 SHAPE = (1, 28, 28)
 
@@ -233,3 +233,80 @@ def test_logistic_regression_fits_a_separable_problem_and_encode_batches_keeps_l
     assert z.shape == (4, 3) and torch.equal(y, torch.arange(4))
     with pytest.raises(ValueError, match="no labels"):
         encode_batches(model, [torch.rand(2, *SHAPE)])
+
+
+def test_linear_probe_callback_logs_accuracy_at_the_last_epoch_and_every_n(tmp_path: Path) -> None:
+    seed_everything(0)
+    data = FakeImageDataModule(image_shape=SHAPE, num_train=320, val_size=64, num_test=128, batch_size=64)
+    model = Autoencoder(latent_dim=8, num_classes=10)
+
+    class Spy(LinearProbe):
+        epochs: list[int] = []
+
+        def on_train_epoch_end(self, trainer: Trainer, pl_module) -> None:
+            before = self.accuracy
+            super().on_train_epoch_end(trainer, pl_module)
+            if self.accuracy is not before:
+                self.epochs.append(trainer.current_epoch)
+
+    probe = Spy(every_n_epochs=2, max_iter=50)
+    trainer = Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                      callbacks=[probe])
+    trainer.fit(model, datamodule=data)
+    assert probe.epochs == [1, 2]  # every second epoch, and the last one
+    assert trainer.callback_metrics["probe/accuracy"].item() == pytest.approx(probe.accuracy)
+    assert probe.accuracy == pytest.approx(linear_probe(model, data, max_iter=50))  # the function, on the same model
+    assert probe.accuracy > 0.9
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        LinearProbe(every_n_epochs=-1)
+
+
+# ---- real MNIST (slow) -------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_regularized_variants_on_real_mnist_subset(real_mnist_dir: Path) -> None:
+    """Issue 3 on real data, cheaply (~30 s on one thread): 3 epochs on the first 10k training images, scored on the
+    first 2k test images, the same MLP for every variant."""
+    from lightning_ae import MNISTDataModule
+    from lightning_ae.corruptions import corrupt
+
+    class SubsetMNIST(MNISTDataModule):
+        def _load_split(self, train: bool):  # first 10k training / 2k test images
+            images, labels = super()._load_split(train)
+            n = 10_000 if train else 2_000
+            return images[:n], labels[:n]
+
+    data = SubsetMNIST(data_dir=real_mnist_dir, download=False, batch_size=64, eval_batch_size=1000, val_size=500)
+    data.setup("test")
+    x = data.transform(data.test_set.images, training=False)
+    x_masked = corrupt(x, "masking", 0.5, generator=torch.Generator().manual_seed(1))
+    common = {"latent_dim": 64, "reconstruction": "bce", "num_classes": 10}
+    builds = {
+        "ae": lambda n: Autoencoder(**n, **common),
+        "dae": lambda n: DenoisingAutoencoder(**n, **common, corruption="masking", noise_level=0.5),
+        "kl": lambda n: SparseAutoencoder(**n, **common, sparsity="kl", rho=0.05, sparsity_weight=0.1),
+        "topk": lambda n: SparseAutoencoder(**n, **common, sparsity="topk", k=16),
+    }
+    codes, mse_masked = {}, {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # more threads than free cores is many times slower on a shared machine
+    try:
+        _train_and_score(builds, data, x, x_masked, codes, mse_masked)
+    finally:
+        torch.set_num_threads(threads)
+    assert mse_masked["dae"] < mse_masked["ae"], mse_masked  # the DAE restores masked digits better than the AE
+    assert codes["kl"].mean().item() == pytest.approx(0.05, rel=0.2)  # batch-mean activation near rho
+    assert torch.equal((codes["topk"] != 0).sum(1), torch.full((x.shape[0],), 16))  # exactly k per sample
+
+
+def _train_and_score(builds, data, x, x_masked, codes, mse_masked) -> None:
+    for name, build in builds.items():
+        seed_everything(0)
+        model = build({"encoder": MLPEncoder(SHAPE, 64, hidden_dims=(256,)),
+                       "decoder": MLPDecoder(SHAPE, 64, hidden_dims=(256,))})
+        Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(model, data)
+        model.eval()
+        with torch.no_grad():
+            codes[name] = model.encode(x)
+            mse_masked[name] = (model(x_masked) - x).pow(2).mean().item()
