@@ -147,10 +147,6 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
         print("| " + " | ".join(r[c] if c == "variant" else f"{r[c]:.4g}" for c in cols) + " |")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def print_floors(rows: list[dict], args: argparse.Namespace) -> None:
     """The floors of issue 3, each against the plain autoencoder of the same run."""
     by = {r["variant"]: r for r in rows}
@@ -174,3 +170,7 @@ def print_floors(rows: list[dict], args: argparse.Namespace) -> None:
         print("\nfloors of issue 3:")
     for name, text, ok in checks:
         print(f"- {name}: {text}: {'met' if ok else 'NOT MET'}")
+
+
+if __name__ == "__main__":
+    main()
