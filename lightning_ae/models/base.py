@@ -20,6 +20,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 from lightning_ae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from lightning_ae.nets.common import check_image_shape
 
+
 def _allow_optimizer_classes_in_checkpoints() -> None:
     """Lets ``load_from_checkpoint`` (``weights_only`` loading) read hparams naming a torch optimizer or scheduler
     class, e.g. the default ``optimizer=torch.optim.Adam`` of a model built from Python."""
@@ -96,7 +97,8 @@ class AutoencoderBase(LightningModule):
     ) -> None:
         super().__init__()
         # a lambda optimizer/scheduler cannot be stored in a checkpoint: a reloaded model gets the default
-        unpicklable = [name for name, v in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler)) if not _picklable(v)]
+        factories = (("optimizer", optimizer), ("lr_scheduler", lr_scheduler))
+        unpicklable = [name for name, value in factories if not _picklable(value)]
         with warnings.catch_warnings():  # modules given from Python are kept so load_from_checkpoint can rebuild them
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters(ignore=unpicklable)
