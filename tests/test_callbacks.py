@@ -375,7 +375,7 @@ def test_latent_scatter_separates_the_clusters(tmp_path: Path) -> None:
     torch.manual_seed(0)
     visualizer = LatentSpaceVisualizer(num_samples=200, projection="pca")
     data = datamodule(num_train=400, val_size=200, noise=0.15, batch_size=32)
-    run = trainer(tmp_path, False, [visualizer], max_epochs=2)
+    run = trainer(tmp_path, False, [visualizer], max_epochs=4)
     run.fit(Autoencoder(latent_dim=8, **COMMON), datamodule=data)
     points, labels = visualizer.last_points, visualizer.last_labels
     assert points.shape == (200, 2)
