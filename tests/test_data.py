@@ -218,6 +218,17 @@ def test_transform_range_and_binarization(tiny_data_dir: Path) -> None:
     torch.testing.assert_close(draws.mean((0, 1, 2, 3)), torch.tensor([0.0, 128 / 255, 1.0]), atol=0.03, rtol=0)
 
 
+def test_dynamic_binarization_evaluates_on_fixed_samples(tiny_data_dir: Path) -> None:
+    a, b = _mnist(tiny_data_dir, binarize="dynamic"), _mnist(tiny_data_dir, binarize="dynamic")
+    for d in (a, b):
+        d.setup()
+    assert set(a.val_set.images.unique().tolist()) == set(a.test_set.images.unique().tolist()) == {0, 255}
+    assert torch.equal(a.val_set.images, b.val_set.images) and torch.equal(a.test_set.images, b.test_set.images)
+    assert len(a.train_set.images.unique()) > 2  # training stays grey: a fresh sample per batch
+    a.setup()  # idempotent
+    assert torch.equal(a.val_set.images, b.val_set.images)
+
+
 def test_static_binarization_is_fixed(tiny_data_dir: Path) -> None:
     a, b = _mnist(tiny_data_dir, binarize="static"), _mnist(tiny_data_dir, binarize="static")
     a.setup("fit")

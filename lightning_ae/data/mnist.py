@@ -28,8 +28,10 @@ class MNISTDataModule(ImageDataModule):
         num_workers: DataLoader workers.
         pixel_range: ``(low, high)`` pixel values are scaled to.
         download: download missing files in ``prepare_data``.
-        binarize: ``none`` (grey levels), ``dynamic`` (a fresh Bernoulli sample of every batch, Salakhutdinov &
-            Murray 2008), ``static`` (one seeded Bernoulli sample of the whole dataset, made once).
+        binarize: ``none`` (grey levels), ``dynamic`` (a fresh Bernoulli sample of every training batch,
+            Salakhutdinov & Murray 2008; validation and test images are sampled once with a fixed seed, so
+            evaluation figures are repeatable, as in Burda et al. 2015), ``static`` (one seeded Bernoulli sample of
+            the whole dataset, made once).
         mirrors: base URLs tried in order.
     """
 
@@ -109,15 +111,26 @@ class MNISTDataModule(ImageDataModule):
         if labels.numel() and int(labels.max()) >= self.num_classes:
             raise DatasetFileError(f"{self.raw_dir}: {prefix} labels exceed {self.num_classes - 1}")
         images = images.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
-        if self.binarize == "static":
-            gen = torch.Generator().manual_seed(self.seed + (0 if train else 1))
-            images = (torch.rand(images.shape, generator=gen) * 255 < images).to(torch.uint8) * 255
+        if self.binarize == "static" or (self.binarize == "dynamic" and not train):
+            images = binarize_once(images, self.seed + (0 if train else 1))
         return images, labels
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if self.binarize == "dynamic" and self.val_set is not None:
+            # validation sees one fixed sample too (binarizing binary images again changes nothing)
+            self.val_set.images = binarize_once(self.val_set.images, self.seed + 2)
 
     def _transform_unit(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         if self.binarize == "dynamic":
             return torch.bernoulli(x)
         return x
+
+
+def binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """One seeded Bernoulli sample of uint8 grey images: pixel ``p`` becomes 255 with probability ``p / 255``."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(images.shape, generator=gen) * 255 < images).to(torch.uint8) * 255
 
 
 class FashionMNISTDataModule(MNISTDataModule):
