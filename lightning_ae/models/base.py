@@ -210,7 +210,7 @@ class AutoencoderBase(LightningModule):
             )
         if stage != "train":
             metrics = self.metrics[stage]
-            metrics.update(reconstruction.detach().clamp(*self.pixel_range), x)
+            metrics.update(reconstruction.detach().clamp(*self.pixel_range).contiguous(), x.contiguous())
             self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=x.shape[0])
         return loss
 
