@@ -104,3 +104,11 @@ def test_real_mnist_fit_lowers_validation_loss(tmp_path: Path, real_mnist_dir: P
     end = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(
         Autoencoder.load_from_checkpoint(ckpt), datamodule=data, verbose=False)[0]["val/mse"]
     assert end < 0.3 * start, (start, end)
+
+
+def test_lr_scheduler_from_yaml_is_applied(tmp_path: Path, tiny_data_dir: Path) -> None:
+    ckpt = _fit(tmp_path, tiny_data_dir, "--model.lr_scheduler", "torch.optim.lr_scheduler.StepLR",
+                "--model.lr_scheduler.step_size", "1", "--model.lr_scheduler.gamma", "0.5")
+    state = torch.load(ckpt, weights_only=False)
+    assert state["lr_schedulers"][0]["_last_lr"] == [1e-3 * 0.5**2]  # two epochs, halved after each
+    assert Autoencoder.load_from_checkpoint(ckpt).lr_scheduler_factory is not None

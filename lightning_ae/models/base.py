@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -39,6 +39,16 @@ def _picklable(value: Any) -> bool:
     except (pickle.PicklingError, AttributeError, TypeError):
         return False
     return True
+
+
+def build_optimization(
+    parameters: Iterable[nn.Parameter], optimizer: OptimizerCallable, lr_scheduler: LRSchedulerCallable | None
+) -> Any:
+    """What ``configure_optimizers`` returns: the optimizer, and the scheduler (monitoring ``val/loss``) if any."""
+    built = optimizer(parameters)
+    if lr_scheduler is None:
+        return built
+    return {"optimizer": built, "lr_scheduler": {"scheduler": lr_scheduler(built), "monitor": "val/loss"}}
 
 
 Network = Literal["mlp", "conv"]
@@ -259,8 +269,4 @@ class AutoencoderBase(LightningModule):
 
     # ---- optimization --------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        return build_optimization(self.parameters(), self.optimizer_factory, self.lr_scheduler_factory)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from lightning_ae.models.base import Stage, extract_images
+from lightning_ae.models.base import Stage, build_optimization, extract_images
 from lightning_ae.models.vqvae import VQVAE
 from lightning_ae.nets.pixelcnn import GatedPixelCNN
 
@@ -116,8 +116,4 @@ class PixelCNNPrior(LightningModule):
         return self._step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.pixelcnn.parameters())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        return build_optimization(self.pixelcnn.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
