@@ -8,7 +8,7 @@ is found from ``||z||^2 - 2 z.e + ||e||^2`` in fp32, even under bf16/fp16 autoca
 DDP: every statistic that changes the codebook (EMA counts and sums, k-means sums and counts) is all-reduced, and
 every random choice (k-means seeds, restart vectors) is made on rank 0 and broadcast, so all ranks hold the
 identical codebook after every step. Whether to synchronise is decided when the step runs
-(:func:`distributed_world`), because Lightning builds the module before the process group exists.
+(:func:`lightning_ae.distributed.world_size`), because Lightning builds the module before the process group exists.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from lightning_ae.distributed import world_size
 
 
 class QuantizerOutput(NamedTuple):
@@ -98,21 +100,16 @@ def perplexity_of_counts(counts: torch.Tensor) -> torch.Tensor:
     return torch.exp(-torch.special.xlogy(p, p).sum())
 
 
-def distributed_world() -> int:
-    """The world size when a process group is initialised now, else 1 (checked at call time, never cached)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sums ``tensor`` over ranks in place when running distributed; returns it."""
-    if distributed_world() > 1:
+    if world_size() > 1:
         dist.all_reduce(tensor)
     return tensor
 
 
 def broadcast_from_rank0(tensor: torch.Tensor) -> torch.Tensor:
     """Overwrites ``tensor`` in place with rank 0's copy when running distributed; returns it."""
-    if distributed_world() > 1:
+    if world_size() > 1:
         dist.broadcast(tensor, src=0)
     return tensor
 

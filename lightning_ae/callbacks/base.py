@@ -15,14 +15,10 @@ import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 
+from lightning_ae.distributed import world_size
 from lightning_ae.models.base import extract_images, extract_labels
 
 Rows = dict[str, torch.Tensor]
-
-
-def world_size() -> int:
-    """The size of the initialised process group now, else 1."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def gather_rows(local: Rows, limit: int | None = None) -> Rows:

@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from lightning_ae.distributed import rank, world_size
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -50,12 +51,6 @@ def _collate_batch(batch: Batch) -> Batch:
     return batch
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
 class ShardSampler(DistributedSampler):
     """Per-rank shard of a dataset, read from the process group when the loader is built (not at import).
 
@@ -65,8 +60,7 @@ class ShardSampler(DistributedSampler):
     """
 
     def __init__(self, dataset: Dataset[Any], train: bool, seed: int = 0) -> None:
-        num_replicas, rank = _world()
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=train, seed=seed, drop_last=train)
+        super().__init__(dataset, num_replicas=world_size(), rank=rank(), shuffle=train, seed=seed, drop_last=train)
         self.train = train
 
     def __iter__(self):  # type: ignore[override]
