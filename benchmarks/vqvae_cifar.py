@@ -1,10 +1,11 @@
 """VQ-VAE quality on CIFAR-10 in the setting of DeepMind's sonnet VQ-VAE example.
 
 Sonnet's example: 128 hidden channels, 2 residual blocks of 32, D=64, K=512, beta=0.25, EMA decay 0.99, Adam 3e-4,
-batch 32, pixels in [-0.5, 0.5]; its error is the reconstruction MSE divided by the training-set pixel variance,
-and like its log we report the mean over the last 100 training steps of that error and of the batch perplexity
-(their log: 0.105 / 72 at 1k steps, 0.081 / 154 at 2k, 0.056 / 326 at 10k). We also report the same error on
-held-out validation images and the validation-set codebook perplexity at each report step.
+batch 32, pixels in [-0.5, 0.5]; its loss and its error divide the reconstruction MSE by the training-set pixel
+variance (``VQVAE(data_variance=...)``; the ``unscaled`` variant leaves the loss's MSE undivided). Like its log we
+report the mean over the last 100 training steps of that error and of the batch perplexity (their log: 0.105 / 72
+at 1k steps, 0.081 / 154 at 2k, 0.056 / 326 at 10k). We also report the same error on held-out validation images
+and the validation-set codebook perplexity at each report step.
 
     LIGHTNING_AE_CIFAR10=/path/holding/cifar-10-batches-py \
         python benchmarks/vqvae_cifar.py --variant sonnet --steps 2000 --report-at 1000 2000
@@ -24,6 +25,7 @@ from lightning_ae import VQVAE, CIFAR10DataModule, CodebookUsage
 
 VARIANTS = {
     "sonnet": {},
+    "unscaled": {"data_variance": 1.0},
     "kmeans_restart": {"kmeans_init": True, "restart_threshold": 1.0},
 }
 
@@ -67,9 +69,9 @@ def main() -> None:
     dm = CIFAR10DataModule(data_dir=os.environ["LIGHTNING_AE_CIFAR10"], download=False, pixel_range=(-0.5, 0.5))
     dm.setup("fit")
     train_images, val_images = dm.train_set.images, dm.val_set.images[: args.val_images]
-    variance = (train_images.float() / 255.0).var().item()  # shift-invariant: same in [-0.5, 0.5]
+    variance = dm.pixel_variance()
     model = VQVAE(image_shape=(3, 32, 32), pixel_range=(-0.5, 0.5), latent_dim=64, num_codes=512, beta=0.25,
-                  ema=True, decay=0.99, **VARIANTS[args.variant])
+                  ema=True, decay=0.99, **{"data_variance": variance, **VARIANTS[args.variant]})
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     errors, perplexities, rows, start = [], [], [], time.perf_counter()
     model.train()
@@ -87,14 +89,22 @@ def main() -> None:
                    **evaluate(model, dm, val_images, variance), "seconds": time.perf_counter() - start}
             rows.append(row)
             print(json.dumps(row), flush=True)
+            save(args, variance, rows)
         elif step % 100 == 0:
             print(f"step {step} error {errors[-1]:.4f} perplexity {perplexities[-1]:.1f} "
                   f"{step / (time.perf_counter() - start):.2f} steps/s", flush=True)
         if step >= args.steps:
             break
+
+
+def save(args: argparse.Namespace, variance: float, rows: list[dict[str, float]]) -> None:
+    """Writes the rows so far (atomically), so a long run stopped early keeps its report steps."""
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"variant": args.variant, "variance": variance, "batch_size": args.batch_size, "rows": rows}
-    (args.out / f"vqvae_cifar_{args.variant}.json").write_text(json.dumps(result, indent=2))
+    path = args.out / f"vqvae_cifar_{args.variant}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

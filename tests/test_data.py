@@ -218,6 +218,16 @@ def test_transform_range_and_binarization(tiny_data_dir: Path) -> None:
     torch.testing.assert_close(draws.mean((0, 1, 2, 3)), torch.tensor([0.0, 128 / 255, 1.0]), atol=0.03, rtol=0)
 
 
+@pytest.mark.parametrize("pixel_range", [(0.0, 1.0), (-1.0, 1.0)])
+def test_pixel_variance_matches_the_scaled_training_images(tiny_data_dir: Path, pixel_range) -> None:
+    data = _mnist(tiny_data_dir, pixel_range=pixel_range)
+    with pytest.raises(RuntimeError, match="before setup"):
+        data.pixel_variance()
+    data.setup("fit")
+    expected = data.transform(data.train_set.images, training=False).double().var().item()
+    assert data.pixel_variance() == pytest.approx(expected, rel=1e-6)  # expected went through float32
+
+
 def test_dynamic_binarization_evaluates_on_fixed_samples(tiny_data_dir: Path) -> None:
     a, b = _mnist(tiny_data_dir, binarize="dynamic"), _mnist(tiny_data_dir, binarize="dynamic")
     for d in (a, b):

@@ -91,3 +91,71 @@ def test_prior_checks_the_data_matches(vqvae_checkpoint: Path) -> None:
         PixelCNNPrior(str(vqvae_checkpoint), image_shape=(3, 32, 32))
     with pytest.raises(ValueError, match="pixel_range"):
         PixelCNNPrior(str(vqvae_checkpoint), pixel_range=(-0.5, 0.5))
+
+
+def _fit_prior(vqvae_path: Path, root: Path) -> Path:
+    prior = PixelCNNPrior(str(vqvae_path), channels=8, num_layers=2, kernel_size=3)
+    data = FakeImageDataModule(image_shape=(1, 28, 28), num_train=32, val_size=16, batch_size=16)
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+                      default_root_dir=root)
+    trainer.fit(prior, datamodule=data)
+    trainer.save_checkpoint(root / "prior.ckpt")
+    return root / "prior.ckpt"
+
+
+def test_prior_checkpoint_holds_its_vqvae(vqvae_checkpoint: Path, tmp_path: Path) -> None:
+    """A prior checkpoint loads after its VQ-VAE checkpoint is gone, and ignores a different VQ-VAE written to
+    that path since: it holds the exact VQ-VAE it was trained on."""
+    vqvae_path = tmp_path / "vqvae.ckpt"
+    vqvae_path.write_bytes(vqvae_checkpoint.read_bytes())
+    prior_path = _fit_prior(vqvae_path, tmp_path)
+    trained = PixelCNNPrior.load_from_checkpoint(prior_path, weights_only=False).eval()
+    grids = torch.randint(16, (2, 7, 7))
+    expected_images, expected_logits = trained.vqvae.decode_indices(grids), trained(grids)
+
+    vqvae_path.unlink()
+    loaded = PixelCNNPrior.load_from_checkpoint(prior_path, weights_only=False).eval()
+    torch.testing.assert_close(loaded.vqvae.decode_indices(grids), expected_images)
+    torch.testing.assert_close(loaded(grids), expected_logits)
+
+    other = VQVAE(image_shape=(1, 28, 28), latent_dim=8, num_codes=16, hidden_channels=32, res_channels=8)
+    Trainer(accelerator="cpu", max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False).strategy.connect(other)
+    torch.save({"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams),
+                "pytorch-lightning_version": "2.6.0"}, vqvae_path)
+    reloaded = PixelCNNPrior.load_from_checkpoint(prior_path, weights_only=False).eval()
+    assert reloaded.vqvae.hparams["hidden_channels"] == 16  # the embedded one, not the file now at the path
+    torch.testing.assert_close(reloaded.vqvae.decode_indices(grids), expected_images)
+
+
+def test_prior_names_a_missing_vqvae_checkpoint(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "last.ckpt"
+    with pytest.raises(FileNotFoundError, match=r"vqvae_checkpoint .*nowhere"):
+        PixelCNNPrior(str(missing))
+
+
+def test_prior_from_the_cli_loads_without_its_vqvae_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The two-stage CLI workflow: both checkpoints written by ``lightning-ae fit`` (with Lightning's CLI
+    instantiator in their hyperparameters); the prior's then loads from Python on its own."""
+    from lightning_ae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    common = ["--data", "lightning_ae.FakeImageDataModule", "--data.num_train", "32", "--data.val_size", "16",
+              "--data.batch_size", "16", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+              "--trainer.max_steps", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    main(["fit", "--model", "lightning_ae.VQVAE", "--model.hidden_channels", "8", "--model.res_channels", "4",
+          "--model.latent_dim", "4", "--model.num_codes", "8", "--trainer.default_root_dir", "vq", *common])
+    (vqvae_path,) = Path("vq").rglob("*.ckpt")
+    main(["fit", "--model", "lightning_ae.PixelCNNPrior", "--model.vqvae_checkpoint", str(vqvae_path),
+          "--model.channels", "8", "--model.num_layers", "2", "--model.kernel_size", "3",
+          "--trainer.default_root_dir", "prior", *common])
+    (prior_path,) = Path("prior").rglob("*.ckpt")
+    vqvae = VQVAE.load_from_checkpoint(vqvae_path, weights_only=False).eval()
+    vqvae_path.unlink()
+    prior = PixelCNNPrior.load_from_checkpoint(prior_path, weights_only=False).eval()
+    grids = torch.randint(8, (2, 7, 7))
+    torch.testing.assert_close(prior.vqvae.decode_indices(grids), vqvae.decode_indices(grids))
+    assert prior.sample(2).shape == (2, 1, 28, 28)

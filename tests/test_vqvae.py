@@ -36,6 +36,20 @@ def test_bad_configuration_is_named() -> None:
         VQVAE(network="mlp")
     with pytest.raises(ValueError, match="num_codes"):
         VQVAE(num_codes=0)
+    with pytest.raises(ValueError, match="data_variance"):
+        VQVAE(data_variance=0.0)
+
+
+def test_data_variance_weights_the_reconstruction_term() -> None:
+    """sonnet's loss: MSE / data variance + the quantizer's terms; the logged recon stays the plain MSE."""
+    x = torch.rand(4, 1, 28, 28)
+    plain, scaled = small(), small(data_variance=0.0625)
+    plain_terms, x_hat = plain.loss_terms(x, "val")
+    terms, _ = scaled.loss_terms(x, "val")
+    mse = ((x_hat - x) ** 2).mean()
+    torch.testing.assert_close(terms["recon"], mse)
+    torch.testing.assert_close(terms["loss"], mse / 0.0625 + terms["commitment"])
+    torch.testing.assert_close(plain_terms["loss"], mse + plain_terms["commitment"])
 
 
 def test_only_training_updates_the_codebook() -> None:

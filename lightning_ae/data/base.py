@@ -151,6 +151,20 @@ class ImageDataModule(LightningDataModule):
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = InMemoryImageDataset(*self._load_split(train=False))
 
+    def pixel_variance(self) -> float:
+        """Variance of the training images' pixels in ``pixel_range`` (after :meth:`setup`; of the stored images,
+        before binarization or augmentation), as sonnet's VQ-VAE example computes it to normalise its
+        reconstruction error (``VQVAE(data_variance=...)``)."""
+        if self.train_set is None:
+            raise RuntimeError(f"{type(self).__name__}.pixel_variance() called before setup('fit')")
+        low, high = self.pixel_range
+        counts = torch.bincount(self.train_set.images.flatten(), minlength=256).double()  # exact, no float copy
+        values = torch.arange(256, dtype=torch.float64) / 255.0
+        n = counts.sum()
+        mean = (counts * values).sum() / n
+        var = (counts * (values - mean) ** 2).sum() / (n - 1)  # unbiased, as torch.var
+        return var.item() * (high - low) ** 2
+
     # ---- loaders -------------------------------------------------------------------------------------------
     def _loader(self, dataset: InMemoryImageDataset | None, train: bool, name: str) -> DataLoader[Batch]:
         if dataset is None:

@@ -4,16 +4,34 @@ PixelCNN over the grid of code indices of a frozen, trained :class:`VQVAE`, so t
 from __future__ import annotations
 
 import math
-from typing import Any
+from contextvars import ContextVar
+from pathlib import Path
+from typing import IO, Any
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.cloud_io import _load as load_checkpoint
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.core.saving import _load_state
 
 from lightning_ae.models.base import Stage, build_optimization, extract_images
 from lightning_ae.models.vqvae import VQVAE
 from lightning_ae.nets.pixelcnn import GatedPixelCNN
+
+# the VQ-VAE rebuilt from a prior checkpoint, set while PixelCNNPrior.load_from_checkpoint runs
+_EMBEDDED_VQVAE: ContextVar[VQVAE | None] = ContextVar("_EMBEDDED_VQVAE", default=None)
+
+
+def _embedded_vqvae(checkpoint: dict[str, Any]) -> VQVAE | None:
+    """The VQ-VAE a prior checkpoint holds (Lightning rebuilds it as ``VQVAE.load_from_checkpoint`` would, with
+    the same instantiator and class checks), or ``None`` for a checkpoint without one."""
+    hparams = checkpoint.get("vqvae_hyper_parameters")
+    if hparams is None:
+        return None
+    state = {k.removeprefix("vqvae."): v for k, v in checkpoint["state_dict"].items() if k.startswith("vqvae.")}
+    return _load_state(VQVAE, {"hyper_parameters": dict(hparams), "state_dict": state}, strict=True)
 
 
 class PixelCNNPrior(LightningModule):
@@ -23,8 +41,9 @@ class PixelCNNPrior(LightningModule):
     in bits, divided by the number of image dimensions ``C*H*W``). ``sample_indices(n)`` draws code grids and
     ``sample(n)`` decodes them through the VQ-VAE into images.
 
-    The VQ-VAE's weights are part of this module's checkpoint, but its architecture is rebuilt from
-    ``vqvae_checkpoint``, which must therefore still exist when this module is loaded.
+    The prior's checkpoint holds the whole VQ-VAE (its weights in the state dict, its hyperparameters under
+    ``vqvae_hyper_parameters``), so :meth:`load_from_checkpoint` restores exactly the VQ-VAE the prior was trained
+    on, without reading ``vqvae_checkpoint`` (which may since have moved, or been overwritten by a new run).
 
     Args:
         vqvae_checkpoint: path of a trained :class:`VQVAE` checkpoint (``lightning-ae fit`` writes one).
@@ -52,7 +71,13 @@ class PixelCNNPrior(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        vqvae = VQVAE.load_from_checkpoint(vqvae_checkpoint, map_location="cpu", weights_only=False)
+        # LightningCLI hands this module's hyperparameters to every save_hyperparameters() call made while it is
+        # built: without clearing that, the VQ-VAE loaded here would record the prior's hyperparameters as its own
+        token = _given_hyperparameters.set(None)
+        try:
+            vqvae = self._load_vqvae(vqvae_checkpoint)
+        finally:
+            _given_hyperparameters.reset(token)
         if tuple(image_shape) != vqvae.image_shape:
             raise ValueError(f"image_shape {tuple(image_shape)} does not match the VQ-VAE's {vqvae.image_shape}")
         if tuple(float(p) for p in pixel_range) != vqvae.pixel_range:
@@ -64,6 +89,36 @@ class PixelCNNPrior(LightningModule):
         self.pixelcnn = GatedPixelCNN(vqvae.quantizer.num_codes, channels, num_layers, kernel_size)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+
+    @staticmethod
+    def _load_vqvae(path: str) -> VQVAE:
+        embedded = _EMBEDDED_VQVAE.get()
+        if embedded is not None:  # loading a prior checkpoint that holds its VQ-VAE
+            return embedded
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"vqvae_checkpoint {path!r} does not exist: train the VQ-VAE first "
+                                    "(lightning-ae fit --config configs/<dataset>/vqvae.yaml)")
+        return VQVAE.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vqvae_hyper_parameters"] = dict(self.vqvae.hparams)
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path | IO, map_location: Any = None, hparams_file: str | Path | None = None,
+        strict: bool | None = None, weights_only: bool | None = None, **kwargs: Any,
+    ) -> PixelCNNPrior:
+        """Lightning's ``load_from_checkpoint``, rebuilding the VQ-VAE from the checkpoint itself (see the class
+        docstring); checkpoints without it (older versions) read ``vqvae_checkpoint`` as before."""
+        checkpoint = load_checkpoint(checkpoint_path, map_location="cpu", weights_only=False)
+        if hasattr(checkpoint_path, "seek"):
+            checkpoint_path.seek(0)
+        token = _EMBEDDED_VQVAE.set(_embedded_vqvae(checkpoint))
+        try:
+            return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only,
+                                                **kwargs)
+        finally:
+            _EMBEDDED_VQVAE.reset(token)
 
     def train(self, mode: bool = True) -> PixelCNNPrior:
         super().train(mode)

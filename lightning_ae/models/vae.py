@@ -281,7 +281,9 @@ class VAE(AutoencoderBase):
 
     def on_validation_epoch_end(self) -> None:
         if self.active_units.update_called:  # compute() syncs the states over DDP ranks: every rank runs it
-            self.log("val/active_units", self.active_units.compute().float(), sync_dist=False)
+            # the value is already identical on every rank; sync_dist averages equal values (and tells Lightning
+            # the epoch-level value is a global one, so it does not warn)
+            self.log("val/active_units", self.active_units.compute().float(), sync_dist=True)
         self.active_units.reset()
 
 
