@@ -24,9 +24,9 @@ import torch
 from lightning_ae import VQVAE, CIFAR10DataModule, CodebookUsage
 
 VARIANTS = {
-    "sonnet": {},
+    "sonnet": {"weight_init": "sonnet"},
     "unscaled": {"data_variance": 1.0},
-    "kmeans_restart": {"kmeans_init": True, "restart_threshold": 1.0},
+    "kmeans_restart": {"weight_init": "sonnet", "kmeans_init": True, "restart_threshold": 1.0},
 }
 
 
@@ -100,8 +100,9 @@ def main() -> None:
 def save(args: argparse.Namespace, variance: float, rows: list[dict[str, float]]) -> None:
     """Writes the rows so far (atomically), so a long run stopped early keeps its report steps."""
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"variant": args.variant, "variance": variance, "batch_size": args.batch_size, "rows": rows}
-    path = args.out / f"vqvae_cifar_{args.variant}.json"
+    result = {"variant": args.variant, "seed": args.seed, "variance": variance, "batch_size": args.batch_size,
+              "rows": rows}
+    path = args.out / f"vqvae_cifar_{args.variant}_seed{args.seed}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(path)

@@ -11,6 +11,7 @@ from torch import nn
 from lightning_ae.metrics import CodebookUsage
 from lightning_ae.models.base import AutoencoderBase, Network, Stage
 from lightning_ae.nets import ConvDecoder, ConvEncoder
+from lightning_ae.nets.common import Init
 from lightning_ae.quantizers import QuantizerOutput, VectorQuantizer
 
 
@@ -50,6 +51,8 @@ class VQVAE(AutoencoderBase):
             :meth:`ImageDataModule.pixel_variance` computes it). This sets the weight of eq. 3's first term
             against the commitment term: with 1.0 on CIFAR-10 the commitment is ~16x stronger than in sonnet and
             codes come into use far more slowly. The logged ``recon`` stays the plain MSE.
+        weight_init: initialisation of the default networks: ``torch`` (PyTorch's defaults) or ``sonnet``
+            (sonnet 2's: truncated normal with std ``1/sqrt(fan_in)``, zero biases), as in the sonnet example.
     """
 
     def __init__(
@@ -76,13 +79,15 @@ class VQVAE(AutoencoderBase):
         res_channels: int = 32,
         num_res_blocks: int = 2,
         data_variance: float = 1.0,
+        weight_init: Init = "torch",
     ) -> None:
         if not data_variance > 0:
             raise ValueError(f"data_variance must be > 0, got {data_variance}")
         if network != "conv":
             raise ValueError(f"network must be 'conv' for VQVAE (its codes form a spatial grid), got {network!r}")
         # read by default_networks() during the base __init__ (plain ints may be set before Module.__init__)
-        self.arch = {"hidden_channels": hidden_channels, "res_channels": res_channels, "num_res_blocks": num_res_blocks}
+        self.arch = {"hidden_channels": hidden_channels, "res_channels": res_channels, "num_res_blocks": num_res_blocks,
+                     "init": weight_init}
         super().__init__(encoder, decoder, latent_dim, network, image_shape, num_classes, pixel_range, optimizer,
                          lr_scheduler)
         self.quantizer = VectorQuantizer(num_codes, latent_dim, beta, ema, decay, epsilon, kmeans_init, kmeans_iters,

@@ -1,9 +1,9 @@
 """Convolutional residual encoders and decoders (the VQ-VAE architecture of van den Oord et al. 2017,
 as in DeepMind's sonnet example): plain ``nn.Module``s, no Lightning inside.
 
-Encoder: ``num_downsamples`` strided 4x4 convolutions, a 3x3 convolution, a residual stack, then either a
-1x1 convolution to ``out_dim`` channels (``spatial=True``: a grid of codes, for the VQ-VAE) or a flatten and
-a linear layer to ``out_dim`` features (``spatial=False``). The decoder mirrors it.
+Encoder: ``num_downsamples`` strided 4x4 convolutions and a 3x3 convolution, each followed by a ReLU, a residual
+stack, then either a 1x1 convolution to ``out_dim`` channels (``spatial=True``: a grid of codes, for the VQ-VAE)
+or a flatten and a linear layer to ``out_dim`` features (``spatial=False``). The decoder mirrors it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from lightning_ae.nets.common import ImageShape, check_image_shape
+from lightning_ae.nets.common import ImageShape, Init, check_image_shape, initialize
 
 
 class ResidualBlock(nn.Module):
@@ -58,6 +58,8 @@ class ConvEncoder(nn.Module):
         num_res_blocks: residual blocks in the stack (sonnet: 2).
         num_downsamples: strided 4x4 convolutions, each halving H and W.
         spatial: keep the spatial grid (``(B, out_dim, H/f, W/f)``) instead of flattening to ``(B, out_dim)``.
+        init: weight initialisation, ``torch`` (PyTorch's defaults) or ``sonnet`` (sonnet 2's defaults,
+            :func:`~lightning_ae.nets.common.sonnet_init_`).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class ConvEncoder(nn.Module):
         num_res_blocks: int = 2,
         num_downsamples: int = 2,
         spatial: bool = False,
+        init: Init = "torch",
     ) -> None:
         super().__init__()
         self.image_shape = check_image_shape(image_shape)
@@ -81,13 +84,14 @@ class ConvEncoder(nn.Module):
             c_in = c_out
         layers += [
             nn.Conv2d(c_in, hidden_channels, 3, padding=1),
+            nn.ReLU(),  # as sonnet's example encoder: the residual stream starts non-negative
             ResidualStack(hidden_channels, res_channels, num_res_blocks),
         ]
         if spatial:
             layers.append(nn.Conv2d(hidden_channels, out_dim, 1))
         else:
             layers += [nn.Flatten(1), nn.Linear(hidden_channels * math.prod(self.grid_shape), out_dim)]
-        self.net = nn.Sequential(*layers)
+        self.net = initialize(nn.Sequential(*layers), init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # (B, C, H, W) -> (B, out_dim[, H/f, W/f])
@@ -105,6 +109,7 @@ class ConvDecoder(nn.Module):
         num_downsamples: transposed 4x4 convolutions, each doubling H and W.
         spatial: the input is a grid ``(B, latent_dim, H/f, W/f)`` rather than a vector.
         out_channels_mult: output channels per image channel (2 for a mean and a log-variance).
+        init: weight initialisation, ``torch`` or ``sonnet`` (see :class:`ConvEncoder`).
     """
 
     def __init__(
@@ -117,6 +122,7 @@ class ConvDecoder(nn.Module):
         num_downsamples: int = 2,
         spatial: bool = False,
         out_channels_mult: int = 1,
+        init: Init = "torch",
     ) -> None:
         super().__init__()
         self.image_shape = check_image_shape(image_shape)
@@ -135,7 +141,7 @@ class ConvDecoder(nn.Module):
             if not last:
                 layers.append(nn.ReLU())
             c_in = c_out
-        self.net = nn.Sequential(*layers)
+        self.net = initialize(nn.Sequential(*layers), init)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)  # (B, latent_dim[, h, w]) -> (B, C * out_channels_mult, H, W)
