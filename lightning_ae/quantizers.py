@@ -100,9 +100,8 @@ def initial_codebook(num_codes: int, code_dim: int, ema: bool) -> torch.Tensor:
 
     EMA: uniform in ``+-sqrt(3 / D)``, sonnet 2's ``VectorQuantizerEMA`` initialiser (``VarianceScaling(1.0,
     fan_in, uniform)`` of its ``[D, K]`` embeddings). Its scale matters although the first EMA step replaces every
-    code: it decides how many codes the first batch's small encoder outputs pick. In the sonnet CIFAR-10 setting
-    a unit-normal codebook (sonnet 1's) gave batch perplexity 140 at 2k steps, this one 164 (sonnet's log: 154).
-    Learned codebook (no EMA): uniform in ``+-1/K``, as the paper's PyTorch ports.
+    code: it decides how many codes the first batch's small encoder outputs pick (sonnet 1 used a unit-normal
+    codebook). Learned codebook (no EMA): uniform in ``+-1/K``, as the paper's PyTorch ports.
     """
     bound = math.sqrt(3.0 / code_dim) if ema else 1.0 / num_codes
     return torch.empty(num_codes, code_dim).uniform_(-bound, bound)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import LightningModule, Trainer, seed_everything
 
 from lightning_ae import VQVAE, FakeImageDataModule, PixelCNNPrior
 from lightning_ae.nets.pixelcnn import GatedPixelCNN
@@ -41,14 +41,21 @@ def test_pixelcnn_bad_arguments() -> None:
         GatedPixelCNN(num_codes=1)
 
 
+def fit_quietly(model: LightningModule, max_steps: int, root: Path | None = None, num_train: int = 64) -> Trainer:
+    """Fits ``model`` on tiny fake 1x28x28 data without logger, checkpoints or progress output."""
+    data = FakeImageDataModule(image_shape=(1, 28, 28), num_train=num_train, val_size=16, batch_size=16)
+    trainer = Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+                      default_root_dir=root)
+    trainer.fit(model, datamodule=data)
+    return trainer
+
+
 @pytest.fixture(scope="module")
 def vqvae_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     seed_everything(0)
     model = VQVAE(image_shape=(1, 28, 28), latent_dim=8, num_codes=16, hidden_channels=16, res_channels=8)
-    data = FakeImageDataModule(image_shape=(1, 28, 28), num_train=64, val_size=16, batch_size=16)
-    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1)
-    trainer.fit(model, datamodule=data)
+    trainer = fit_quietly(model, max_steps=2)
     path = tmp_path_factory.mktemp("vqvae") / "vqvae.ckpt"
     trainer.save_checkpoint(path)
     return path
@@ -71,11 +78,7 @@ def test_prior_trains_with_the_vqvae_frozen(vqvae_checkpoint: Path, tmp_path: Pa
     prior = PixelCNNPrior(str(vqvae_checkpoint), channels=8, num_layers=2, kernel_size=3)
     frozen = {k: v.clone() for k, v in prior.vqvae.state_dict().items()}
     before = [p.detach().clone() for p in prior.pixelcnn.parameters()]
-    data = FakeImageDataModule(image_shape=(1, 28, 28), num_train=64, val_size=16, batch_size=16)
-    trainer = Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
-                      default_root_dir=tmp_path)
-    trainer.fit(prior, datamodule=data)
+    trainer = fit_quietly(prior, max_steps=3, root=tmp_path)
     assert all(torch.equal(v, prior.vqvae.state_dict()[k]) for k, v in frozen.items())
     assert any(not torch.equal(a, b) for a, b in zip(before, prior.pixelcnn.parameters(), strict=True))
     assert {"val/loss", "val/bits_per_dim"} <= set(trainer.callback_metrics)
@@ -95,11 +98,7 @@ def test_prior_checks_the_data_matches(vqvae_checkpoint: Path) -> None:
 
 def _fit_prior(vqvae_path: Path, root: Path) -> Path:
     prior = PixelCNNPrior(str(vqvae_path), channels=8, num_layers=2, kernel_size=3)
-    data = FakeImageDataModule(image_shape=(1, 28, 28), num_train=32, val_size=16, batch_size=16)
-    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
-                      default_root_dir=root)
-    trainer.fit(prior, datamodule=data)
+    trainer = fit_quietly(prior, max_steps=1, root=root, num_train=32)
     trainer.save_checkpoint(root / "prior.ckpt")
     return root / "prior.ckpt"
 
@@ -120,8 +119,6 @@ def test_prior_checkpoint_holds_its_vqvae(vqvae_checkpoint: Path, tmp_path: Path
     torch.testing.assert_close(loaded(grids), expected_logits)
 
     other = VQVAE(image_shape=(1, 28, 28), latent_dim=8, num_codes=16, hidden_channels=32, res_channels=8)
-    Trainer(accelerator="cpu", max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False).strategy.connect(other)
     torch.save({"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams),
                 "pytorch-lightning_version": "2.6.0"}, vqvae_path)
     reloaded = PixelCNNPrior.load_from_checkpoint(prior_path, weights_only=False).eval()
