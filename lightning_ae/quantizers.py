@@ -95,15 +95,18 @@ def ema_codebook(
     return (embed_sum / bias) / laplace_smoothed(cluster_size / bias, epsilon).unsqueeze(1)
 
 
-def initial_codebook(num_codes: int, code_dim: int, ema: bool) -> torch.Tensor:
-    """The codebook before training ``(K, D)``.
+def initial_codebook(num_codes: int, code_dim: int) -> torch.Tensor:
+    """The codebook before training ``(K, D)``: uniform in ``+-sqrt(3 / D)`` (variance ``1/D``, codes of norm
+    about 1), sonnet 2's initialiser of both its quantizers (``VarianceScaling(1.0, fan_in, uniform)`` of its
+    ``[D, K]`` embeddings).
 
-    EMA: uniform in ``+-sqrt(3 / D)``, sonnet 2's ``VectorQuantizerEMA`` initialiser (``VarianceScaling(1.0,
-    fan_in, uniform)`` of its ``[D, K]`` embeddings). Its scale matters although the first EMA step replaces every
-    code: it decides how many codes the first batch's small encoder outputs pick (sonnet 1 used a unit-normal
-    codebook). Learned codebook (no EMA): uniform in ``+-1/K``, as the paper's PyTorch ports.
+    With EMA the scale matters although the first update replaces every code: it decides how many codes the first
+    batch's small encoder outputs pick (sonnet 1 used a unit-normal codebook). For a learned codebook it beats the
+    ``+-1/K`` of the paper's PyTorch ports, whose near-zero codes collapse onto few indices (sonnet setting on
+    CIFAR-10, 2k steps: error 0.16 / perplexity 18 against 0.21 / 11; ``benchmarks/vqvae_cifar.py --variant
+    learned_codebook``).
     """
-    bound = math.sqrt(3.0 / code_dim) if ema else 1.0 / num_codes
+    bound = math.sqrt(3.0 / code_dim)
     return torch.empty(num_codes, code_dim).uniform_(-bound, bound)
 
 
@@ -185,7 +188,7 @@ class VectorQuantizer(nn.Module):
         self.ema, self.decay, self.epsilon = ema, decay, epsilon
         self.kmeans_init, self.kmeans_iters = kmeans_init, kmeans_iters
         self.restart_threshold, self.cosine = restart_threshold, cosine
-        self.codebook = nn.Parameter(initial_codebook(num_codes, code_dim, ema), requires_grad=not ema)
+        self.codebook = nn.Parameter(initial_codebook(num_codes, code_dim), requires_grad=not ema)
         # EMA statistics (zero-started, read debiased): usage counts per step (kept without EMA too, for restarts)
         self.register_buffer("cluster_size", torch.zeros(num_codes))
         self.register_buffer("embed_sum", torch.zeros(num_codes, code_dim) if ema else torch.zeros(0))
