@@ -9,17 +9,27 @@ and the validation-set codebook perplexity at each report step.
 
     LIGHTNING_AE_CIFAR10=/path/holding/cifar-10-batches-py \
         python benchmarks/vqvae_cifar.py --variant sonnet --steps 2000 --report-at 1000 2000
+    python benchmarks/vqvae_cifar.py --summarize     # mean, sd and range over the seeds run so far
+
+``--jpeg-quality Q`` re-compresses the training and validation images as JPEG at quality Q first: the CIFAR-10
+here is a JPEG copy (about quality 75) of the original, and this measures how much such compression moves the
+figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import statistics
 import time
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from lightning_ae import VQVAE, CIFAR10DataModule, CodebookUsage
 
@@ -27,6 +37,7 @@ VARIANTS = {
     "sonnet": {"weight_init": "sonnet"},
     "unscaled": {"data_variance": 1.0},
     "kmeans_restart": {"weight_init": "sonnet", "kmeans_init": True, "restart_threshold": 1.0},
+    "learned_codebook": {"weight_init": "sonnet", "ema": False},
 }
 
 
@@ -37,6 +48,20 @@ def batches(images: torch.Tensor, batch_size: int, seed: int):
         for idx in torch.randperm(images.shape[0], generator=gen).split(batch_size):
             if idx.numel() == batch_size:
                 yield images[idx]
+
+
+def jpeg_recompressed(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """``uint8 (N, 3, H, W)`` images after a JPEG round trip at ``quality`` (Pillow's defaults otherwise)."""
+    out = np.empty_like(images.numpy())
+    for i, image in enumerate(images.numpy()):
+        buffer = io.BytesIO()
+        Image.fromarray(image.transpose(1, 2, 0)).save(buffer, format="JPEG", quality=quality)
+        out[i] = np.asarray(Image.open(buffer).convert("RGB")).transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+def run_name(args: argparse.Namespace) -> str:
+    return args.variant + (f"_jpeg{args.jpeg_quality}" if args.jpeg_quality else "")
 
 
 @torch.no_grad()
@@ -63,15 +88,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--jpeg-quality", type=int, default=0, help="re-compress the images first (0: no)")
+    parser.add_argument("--summarize", action="store_true", help="summarize the result files in --out and exit")
     args = parser.parse_args()
+    if args.summarize:
+        summarize(args.out)
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     dm = CIFAR10DataModule(data_dir=os.environ["LIGHTNING_AE_CIFAR10"], download=False, pixel_range=(-0.5, 0.5))
     dm.setup("fit")
-    train_images, val_images = dm.train_set.images, dm.val_set.images[: args.val_images]
+    val_images = dm.val_set.images[: args.val_images]
+    if args.jpeg_quality:
+        dm.train_set.images = jpeg_recompressed(dm.train_set.images, args.jpeg_quality)
+        val_images = jpeg_recompressed(val_images, args.jpeg_quality)
+    train_images = dm.train_set.images
     variance = dm.pixel_variance()
+    setting = {"ema": True, "decay": 0.99, "data_variance": variance, **VARIANTS[args.variant]}
     model = VQVAE(image_shape=(3, 32, 32), pixel_range=(-0.5, 0.5), latent_dim=64, num_codes=512, beta=0.25,
-                  ema=True, decay=0.99, **{"data_variance": variance, **VARIANTS[args.variant]})
+                  **setting)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     errors, perplexities, rows, start = [], [], [], time.perf_counter()
     model.train()
@@ -100,12 +135,29 @@ def main() -> None:
 def save(args: argparse.Namespace, variance: float, rows: list[dict[str, float]]) -> None:
     """Writes the rows so far (atomically), so a long run stopped early keeps its report steps."""
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"variant": args.variant, "seed": args.seed, "variance": variance, "batch_size": args.batch_size,
+    result = {"variant": run_name(args), "seed": args.seed, "variance": variance, "batch_size": args.batch_size,
               "rows": rows}
-    path = args.out / f"vqvae_cifar_{args.variant}_seed{args.seed}.json"
+    path = args.out / f"vqvae_cifar_{run_name(args)}_seed{args.seed}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(path)
+
+
+def summarize(out: Path) -> None:
+    """Prints, per variant and report step, the mean, sd and range over seeds of the train and val figures."""
+    groups: dict[tuple[str, int], list[dict[str, float]]] = defaultdict(list)
+    for path in sorted(out.glob("vqvae_cifar_*_seed*.json")):
+        result = json.loads(path.read_text())
+        for row in result["rows"]:
+            groups[result["variant"], row["step"]].append(row)
+    for (variant, step), rows in sorted(groups.items()):
+        cells = []
+        for key in ("train_error", "train_perplexity", "val_error", "val_perplexity"):
+            values = [row[key] for row in rows]
+            sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+            mean, low, high = statistics.mean(values), min(values), max(values)
+            cells.append(f"  {key:16s} {mean:8.4g} sd {sd:6.2g} [{low:.4g}, {high:.4g}]")
+        print(f"{variant} step {step} seeds {len(rows)}", *cells, sep="\n")
 
 
 if __name__ == "__main__":
