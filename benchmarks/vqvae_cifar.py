@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--jpeg-quality", type=int, default=0, help="re-compress the images first (0: no)")
     parser.add_argument("--summarize", action="store_true", help="summarize the result files in --out and exit")
     args = parser.parse_args()
+    if not 0 <= args.jpeg_quality <= 95:
+        parser.error(f"--jpeg-quality must be in [1, 95] (0: no re-compression), got {args.jpeg_quality}")
     if args.summarize:
         summarize(args.out)
         return
