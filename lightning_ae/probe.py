@@ -15,7 +15,8 @@ import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from torch import nn
 
-from lightning_ae.models.base import AutoencoderBase, extract_images, extract_labels
+from lightning_ae.batch import extract_images, extract_labels
+from lightning_ae.models.base import AutoencoderBase
 
 
 @torch.no_grad()

@@ -121,6 +121,6 @@ class TestVariantContract:
 
 
 def _images(batch):
-    from lightning_ae.models import extract_images
+    from lightning_ae.batch import extract_images
 
     return extract_images(batch)

@@ -15,8 +15,8 @@ import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 
+from lightning_ae.batch import extract_images, extract_labels
 from lightning_ae.distributed import world_size
-from lightning_ae.models.base import extract_images, extract_labels
 
 Rows = dict[str, torch.Tensor]
 

@@ -10,10 +10,10 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 
+from lightning_ae.batch import extract_images
 from lightning_ae.callbacks.base import EpochCallback, epoch_label, require_methods
 from lightning_ae.callbacks.logging import log_image, new_figure
 from lightning_ae.metrics import CodebookUsage
-from lightning_ae.models.base import extract_images
 
 
 def usage_figure(counts: torch.Tensor, title: str = "codebook usage") -> Figure:

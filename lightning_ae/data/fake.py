@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from lightning_ae.batch import check_image_shape
 from lightning_ae.data.base import Batch, ImageDataModule
-from lightning_ae.nets.common import check_image_shape
 
 
 class FakeImageDataModule(ImageDataModule):

@@ -1,7 +1,7 @@
 """The autoencoder variants, each a LightningModule on :class:`AutoencoderBase`."""
 
 from lightning_ae.models.autoencoder import Autoencoder
-from lightning_ae.models.base import AutoencoderBase, extract_images, extract_labels
+from lightning_ae.models.base import AutoencoderBase
 from lightning_ae.models.contractive import ContractiveAutoencoder
 from lightning_ae.models.denoising import DenoisingAutoencoder
 from lightning_ae.models.prior import PixelCNNPrior
@@ -18,6 +18,4 @@ __all__ = [
     "DenoisingAutoencoder",
     "PixelCNNPrior",
     "SparseAutoencoder",
-    "extract_images",
-    "extract_labels",
 ]

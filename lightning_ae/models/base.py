@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
@@ -17,8 +17,8 @@ from torch import nn
 from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio
 
+from lightning_ae.batch import check_image_shape, extract_images, extract_labels
 from lightning_ae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from lightning_ae.nets.common import check_image_shape
 
 
 def _allow_optimizer_classes_in_checkpoints() -> None:
@@ -53,29 +53,6 @@ def build_optimization(
 
 Network = Literal["mlp", "conv"]
 Stage = Literal["train", "val", "test"]
-
-
-def extract_images(batch: Any) -> torch.Tensor:
-    """The image tensor of a batch that is a tensor, a tuple/list (image first) or a mapping (key ``image``)."""
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, Mapping):
-        if "image" not in batch:
-            raise KeyError(f"a dict batch needs an 'image' key; got keys {sorted(batch)}")
-        return batch["image"]
-    if isinstance(batch, Sequence) and batch and isinstance(batch[0], torch.Tensor):
-        return batch[0]
-    raise TypeError(f"cannot find images in a batch of type {type(batch).__name__}: use a tensor, (image, ...) or "
-                    "{'image': ...}")
-
-
-def extract_labels(batch: Any) -> torch.Tensor | None:
-    """The labels of a batch, when it carries them (second item, or key ``label``)."""
-    if isinstance(batch, Mapping):
-        return batch.get("label")
-    if isinstance(batch, Sequence) and not isinstance(batch, torch.Tensor) and len(batch) > 1:
-        return batch[1] if isinstance(batch[1], torch.Tensor) else None
-    return None
 
 
 class AutoencoderBase(LightningModule):

@@ -16,7 +16,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.core.saving import _load_state
 
-from lightning_ae.models.base import Stage, build_optimization, extract_images
+from lightning_ae.batch import extract_images
+from lightning_ae.models.base import Stage, build_optimization
 from lightning_ae.models.vqvae import VQVAE
 from lightning_ae.nets.pixelcnn import GatedPixelCNN
 

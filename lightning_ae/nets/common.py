@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import nn
 
-ImageShape = tuple[int, int, int]
 Init = Literal["torch", "sonnet"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -30,14 +28,6 @@ def make_activation(name: str) -> nn.Module:
         return _ACTIVATIONS[name]()
     except KeyError:
         raise ValueError(f"activation={name!r} is not one of {sorted(_ACTIVATIONS)}") from None
-
-
-def check_image_shape(image_shape: Sequence[int]) -> ImageShape:
-    """Validates a ``(C, H, W)`` shape and returns it as a tuple of ints."""
-    shape = tuple(int(s) for s in image_shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"image_shape must be (channels, height, width) of positive ints, got {tuple(image_shape)}")
-    return shape  # type: ignore[return-value]
 
 
 @torch.no_grad()

@@ -13,7 +13,8 @@ import math
 import torch
 from torch import nn
 
-from lightning_ae.nets.common import ImageShape, Init, check_image_shape, initialize
+from lightning_ae.batch import ImageShape, check_image_shape
+from lightning_ae.nets.common import Init, initialize
 
 
 class ResidualBlock(nn.Module):

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lightning_ae.nets.common import ImageShape, check_image_shape, make_activation
+from lightning_ae.batch import ImageShape, check_image_shape
+from lightning_ae.nets.common import make_activation
 
 
 def mlp(sizes: Sequence[int], activation: str = "relu", final_activation: bool = False) -> nn.Sequential:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from lightning_ae.nets.common import ImageShape, check_image_shape
+from lightning_ae.batch import ImageShape, check_image_shape
 
 
 class SigmoidEncoder(nn.Module):
