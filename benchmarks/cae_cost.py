@@ -58,11 +58,11 @@ def models(kind: str, latent_dim: int, exact: bool = True) -> dict[str, Autoenco
         return {"encoder": copy.deepcopy(encoder), "decoder": copy.deepcopy(decoder), "latent_dim": latent_dim}
 
     ms: dict[str, AutoencoderBase] = {
-        "ae": Autoencoder(**nets(), reconstruction="bce"),
-        "cae-stochastic": ContractiveAutoencoder(**nets(), reconstruction="bce", penalty="stochastic"),
+        "ae": Autoencoder(**nets(), recon_loss="bce"),
+        "cae-stochastic": ContractiveAutoencoder(**nets(), recon_loss="bce", penalty="stochastic"),
     }
     if exact:
-        ms["cae-exact"] = ContractiveAutoencoder(**nets(), reconstruction="bce", penalty="exact")
+        ms["cae-exact"] = ContractiveAutoencoder(**nets(), recon_loss="bce", penalty="exact")
     return ms
 
 
@@ -70,7 +70,7 @@ def time_steps(model: AutoencoderBase, optimizer: torch.optim.Optimizer, x: torc
     """Seconds per optimizer step, averaged over ``steps``."""
     start = time.perf_counter()
     for _ in range(steps):
-        loss = model.loss_terms(x, "train")[0]["loss"]
+        loss = model.loss_terms(x, "train").loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

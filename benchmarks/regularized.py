@@ -32,10 +32,10 @@ from lightning_ae import (
     MNISTDataModule,
     SparseAutoencoder,
 )
+from lightning_ae.callbacks.probe import linear_probe
 from lightning_ae.corruptions import corrupt
 from lightning_ae.losses import contractive_penalty_exact
 from lightning_ae.nets import MLPDecoder, MLPEncoder
-from lightning_ae.probe import linear_probe
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,11 +61,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def variants(args: argparse.Namespace) -> dict[str, Callable[..., AutoencoderBase]]:
-    common = {"latent_dim": args.latent_dim, "reconstruction": "bce", "num_classes": 10}
+    common = {"latent_dim": args.latent_dim, "recon_loss": "bce", "num_classes": 10}
+    noise = {"noise_std" if args.corruption == "gaussian" else "noise_fraction": args.noise_level}
     return {
         "ae": lambda **n: Autoencoder(**n, **common),
         f"dae-{args.corruption}": lambda **n: DenoisingAutoencoder(
-            **n, **common, corruption=args.corruption, noise_level=args.noise_level),
+            **n, **common, **noise, corruption=args.corruption),
         "sae-kl": lambda **n: SparseAutoencoder(**n, **common, sparsity="kl", rho=args.rho,
                                                 sparsity_weight=args.beta),
         "sae-topk": lambda **n: SparseAutoencoder(**n, **common, sparsity="topk", k=args.k),

@@ -83,10 +83,10 @@ def main() -> None:
     data.setup("fit")
     images = data.train_set.images
     ours, loop = [], []
-    loop_epoch(images, Autoencoder(reconstruction="bce"), args.batch_size, args.steps)  # warm-up
+    loop_epoch(images, Autoencoder(recon_loss="bce"), args.batch_size, args.steps)  # warm-up
     for _ in range(args.repeats):
-        loop.append(loop_epoch(images, Autoencoder(reconstruction="bce"), args.batch_size, args.steps))
-        ours.append(lightning_epoch(data, Autoencoder(reconstruction="bce"), args.steps))
+        loop.append(loop_epoch(images, Autoencoder(recon_loss="bce"), args.batch_size, args.steps))
+        ours.append(lightning_epoch(data, Autoencoder(recon_loss="bce"), args.steps))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"Autoencoder MLP 784-512-256-32-256-512-784, BCE, Adam, MNIST {images.shape[0]} train images, "

@@ -114,7 +114,7 @@ def main() -> None:
     model.train()
     for step, images in enumerate(batches(train_images, args.batch_size, args.seed), start=1):
         x = dm.transform(images, training=True)
-        terms, _ = model.loss_terms(x, "train")
+        terms = model.loss_terms(x, "train").as_dict()
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()

@@ -34,7 +34,7 @@ def random_batches(n: int, batch_size: int, gen: torch.Generator):
 
 @torch.no_grad()
 def codes_of(model: VQVAE, dm: MNISTDataModule, images: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model.encode_to_indices(dm.transform(c, training=False)) for c in images.split(1000)])
+    return torch.cat([model.encode_indices(dm.transform(c, training=False)) for c in images.split(1000)])
 
 
 def train_vqvae(dm: MNISTDataModule, args: argparse.Namespace, gen: torch.Generator) -> VQVAE:
@@ -43,7 +43,7 @@ def train_vqvae(dm: MNISTDataModule, args: argparse.Namespace, gen: torch.Genera
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     images = dm.train_set.images
     for step, idx in enumerate(random_batches(images.shape[0], args.batch_size, gen), start=1):
-        terms, _ = model.loss_terms(dm.transform(images[idx], training=True), "train")
+        terms = model.loss_terms(dm.transform(images[idx], training=True), "train").as_dict()
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()

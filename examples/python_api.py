@@ -29,7 +29,7 @@ def main() -> None:
         encoder=ConvEncoder(image_shape=(1, 28, 28), out_dim=16, hidden_channels=32),
         decoder=ConvDecoder(image_shape=(1, 28, 28), latent_dim=16, hidden_channels=32),
         image_shape=data.image_shape,
-        reconstruction="bce",
+        recon_loss="bce",
         optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3),
     )
     checkpoint = ModelCheckpoint(monitor="val/loss")

@@ -4,8 +4,10 @@ from lightning_ae.callbacks import (
     CodebookUsageMonitor,
     LatentInterpolation,
     LatentSpaceVisualizer,
+    LinearProbe,
     ReconstructionGrid,
     SampleGrid,
+    linear_probe,
 )
 from lightning_ae.data import (
     CIFAR10DataModule,
@@ -25,7 +27,6 @@ from lightning_ae.models import (
     PixelCNNPrior,
     SparseAutoencoder,
 )
-from lightning_ae.probe import LinearProbe, linear_probe
 from lightning_ae.quantizers import VectorQuantizer
 
 __version__ = "0.1.0"

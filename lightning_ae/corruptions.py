@@ -25,7 +25,12 @@ def gaussian_noise(x: torch.Tensor, sigma: float, generator: torch.Generator | N
 
 
 def masking_noise(x: torch.Tensor, fraction: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Masking noise: each element is set to 0 with probability ``fraction`` (Vincent et al. 2008, sec. 2.3)."""
+    """Masking noise: each element is set to 0 with probability ``fraction`` (Vincent et al. 2008, sec. 2.3).
+
+    >>> masking_noise(torch.ones(2, 3), fraction=1.0)
+    tensor([[0., 0., 0.],
+            [0., 0., 0.]])
+    """
     _check_fraction(fraction)
     drop = torch.rand(x.shape, device=x.device, generator=generator) < fraction
     return x.masked_fill(drop, 0.0)

@@ -3,7 +3,8 @@
 * :class:`DiagonalGaussian` — the encoder's posterior ``q(z|x) = N(mu, diag sigma^2)`` (``rsample``, ``mode``,
   ``log_prob``, ``kl`` to the standard normal), like diffusers' ``DiagonalGaussianDistribution``.
 * Likelihood terms of the decoder ``p(x|z)`` — Bernoulli and Gaussian negative log-likelihoods in nats,
-  **summed** over the pixels of each image (not averaged), so ``recon + KL`` is the negative ELBO per image.
+  **summed** over the pixels of each image (not averaged), so ``recon + KL`` is the negative ELBO per image;
+  :class:`PixelLikelihood` reads them from a decoder output.
 * The objective's knobs: free bits (Kingma et al. 2016) and linear KL warm-up (Bowman et al. 2016).
 * The importance-weighted log-likelihood estimate of Burda et al. 2015, batched over the K samples.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +116,60 @@ def gaussian_nll(
     return _sum_last(0.5 * (LOG_2PI + logvar_t + (target - mean).pow(2) * torch.exp(-logvar_t)), event_ndim)
 
 
+Likelihood = Literal["bernoulli", "gaussian"]
+DECODER_LOGVAR_RANGE = (-10.0, 5.0)  # learned pixel log-variance bounds: sigma in [0.0067, 12]
+
+
+class PixelLikelihood:
+    """The decoder's distribution ``p(x|z)`` over pixels, read from the decoder output (channels are dim -3).
+
+    Args:
+        kind: ``bernoulli`` (the output is logits; binarized images) or ``gaussian`` (the output is means).
+        gaussian_std: fixed standard deviation of ``gaussian``, in pixel units; ``None`` learns a per-pixel
+            log-variance, the second half of ``2 * C`` output channels (clamped to ``DECODER_LOGVAR_RANGE``).
+
+    >>> likelihood = PixelLikelihood("gaussian", gaussian_std=None)
+    >>> out = torch.zeros(1, 2, 1, 1)  # mean 0 and log-variance 0 of one pixel
+    >>> round(likelihood.nll(out, torch.zeros(1, 1, 1, 1)).item(), 5)  # log(2 pi) / 2
+    0.91894
+    """
+
+    def __init__(self, kind: Likelihood = "bernoulli", gaussian_std: float | None = 0.1) -> None:
+        if kind not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {kind!r}")
+        if gaussian_std is not None and gaussian_std <= 0:
+            raise ValueError(f"gaussian_std must be > 0 or None (learned), got {gaussian_std}")
+        self.kind, self.gaussian_std = kind, gaussian_std
+
+    @property
+    def channels_per_pixel(self) -> int:
+        """Decoder output channels per image channel: 2 for a learned-variance Gaussian, else 1."""
+        return 2 if self.kind == "gaussian" and self.gaussian_std is None else 1
+
+    def params(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """Decoder output -> ``(logits or mean, log-variance)``."""
+        if self.kind == "bernoulli":
+            return output, 0.0
+        if self.gaussian_std is not None:
+            return output, 2.0 * math.log(self.gaussian_std)
+        mean, logvar = output.chunk(2, dim=-3)
+        return mean, logvar.clamp(*DECODER_LOGVAR_RANGE)
+
+    def mean(self, output: torch.Tensor) -> torch.Tensor:
+        """The mean of ``p(x|z)``: ``sigmoid(logits)`` for Bernoulli, the Gaussian mean."""
+        loc, _ = self.params(output)
+        return torch.sigmoid(loc) if self.kind == "bernoulli" else loc
+
+    def nll(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``-log p(x|z)`` in nats per image, ``(...)``; ``x`` ``(B, C, H, W)`` broadcasts against ``output``."""
+        loc, logvar = self.params(output)
+        return bernoulli_nll(loc, x) if self.kind == "bernoulli" else gaussian_nll(loc, x, logvar)
+
+    def bin_width(self, pixel_range: tuple[float, float]) -> float | None:
+        """Width of an 8-bit pixel bin for a density over continuous pixels (None for the discrete Bernoulli)."""
+        return None if self.kind == "bernoulli" else (pixel_range[1] - pixel_range[0]) / 256.0
+
+
 def bits_per_dim(nll: torch.Tensor, num_dims: int, bin_width: float | None = None) -> torch.Tensor:
     """Converts a negative log-likelihood per image (nats) to bits per dimension.
 
@@ -121,6 +177,9 @@ def bits_per_dim(nll: torch.Tensor, num_dims: int, bin_width: float | None = Non
     discrete probability of a pixel bin is approximated by density x bin width, so
     ``bpd = (nll - D log(bin_width)) / (D log 2)`` (as in Theis, van den Oord & Bethge 2016, sec. 3.1). For a
     discrete likelihood (Bernoulli) ``bin_width`` is ``None``: ``bpd = nll / (D log 2)``.
+
+    >>> round(bits_per_dim(torch.tensor(784 * math.log(2.0)), 784).item(), 6)  # 1 bit per binary pixel
+    1.0
     """
     if num_dims < 1:
         raise ValueError(f"num_dims must be >= 1, got {num_dims}")
@@ -144,6 +203,9 @@ def free_bits_kl(kl_per_dim: torch.Tensor, free_bits: float) -> torch.Tensor:
 
     Returns:
         A scalar tensor.
+
+    >>> free_bits_kl(torch.tensor([[0.1, 2.0], [0.3, 2.0]]), free_bits=0.5).item()  # max(0.5, 0.2) + max(0.5, 2)
+    2.5
     """
     if free_bits < 0:
         raise ValueError(f"free_bits must be >= 0, got {free_bits}")
@@ -155,6 +217,9 @@ def kl_warmup_weight(step: int, warmup_steps: int, beta: float = 1.0) -> float:
 
     Linear KL cost annealing from 0, Bowman et al. 2016, sec. 3.1; ``beta`` is the final weight
     (Higgins et al. 2017's beta-VAE for ``beta != 1``).
+
+    >>> kl_warmup_weight(step=50, warmup_steps=100, beta=2.0)
+    1.0
     """
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")

@@ -13,10 +13,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-Reconstruction = Literal["mse", "bce"]
+ReconLoss = Literal["mse", "bce"]
 
 
-def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, kind: Reconstruction) -> torch.Tensor:
+def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, kind: ReconLoss) -> torch.Tensor:
     """Mean reconstruction error per element.
 
     Args:
@@ -27,6 +27,9 @@ def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, kind: Recons
 
     Returns:
         A scalar tensor.
+
+    >>> reconstruction_loss(torch.zeros(1, 1, 1, 2), torch.tensor([[[[1.0, 3.0]]]]), "mse").item()
+    5.0
     """
     if output.shape != target.shape:
         raise ValueError(f"output shape {tuple(output.shape)} does not match target shape {tuple(target.shape)}")
@@ -37,7 +40,7 @@ def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, kind: Recons
     raise ValueError(f"reconstruction must be 'mse' or 'bce', got {kind!r}")
 
 
-# ---- sparse autoencoders (issue 3) -------------------------------------------------------------------------
+# ---- sparse autoencoders --------------------------------------------------------------------------------------
 def l1_sparsity(code: torch.Tensor) -> torch.Tensor:
     """Mean absolute activation of a code, the L1 sparsity penalty ``mean |h|`` (weighted by lambda by the caller).
 
@@ -49,6 +52,9 @@ def l1_sparsity(code: torch.Tensor) -> torch.Tensor:
 
     Returns:
         A scalar tensor: ``(1 / (B d)) sum_{b,j} |h_bj|``.
+
+    >>> l1_sparsity(torch.tensor([[1.0, -3.0], [0.0, 0.0]])).item()
+    1.0
     """
     return code.abs().mean()
 
@@ -87,6 +93,9 @@ def topk_sparsify(code: torch.Tensor, k: int) -> torch.Tensor:
 
     Returns:
         ``(B, d)`` with exactly ``k`` entries per row taken from ``code`` (the others 0).
+
+    >>> topk_sparsify(torch.tensor([[0.1, 0.9, 0.5]]), k=2)
+    tensor([[0.0000, 0.9000, 0.5000]])
     """
     if not 1 <= k <= code.shape[-1]:
         raise ValueError(f"k must be in [1, {code.shape[-1]}] (the code size), got {k}")
@@ -95,7 +104,7 @@ def topk_sparsify(code: torch.Tensor, k: int) -> torch.Tensor:
     return code * mask
 
 
-# ---- contractive autoencoders (issue 3) --------------------------------------------------------------------
+# ---- contractive autoencoders ---------------------------------------------------------------------------------
 def contractive_penalty_exact(encoder: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Per-sample squared Frobenius norm ``||J_f(x)||_F^2`` of the encoder Jacobian, computed exactly.
 

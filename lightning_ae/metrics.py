@@ -45,3 +45,40 @@ class CodebookUsage(Metric):
             "used_fraction": used.float() / self.num_codes,
             "dead_codes": (self.num_codes - used).float(),
         }
+
+
+class ActiveUnits(Metric):
+    """Number of active latent units, ``#{i : Cov_x(E_q[z_i | x]) > threshold}`` (Burda et al. 2015, sec. 5.2).
+
+    Accumulates the sum and sum of squares of the posterior means over an epoch (float64); states are summed
+    across DDP ranks, so the variance is over the whole evaluation set.
+
+    Args:
+        latent_dim: number of latent dimensions.
+        threshold: activity threshold on the variance (Burda et al. use 1e-2).
+    """
+
+    full_state_update = False
+
+    def __init__(self, latent_dim: int, threshold: float = 1e-2) -> None:
+        super().__init__()
+        if threshold < 0:
+            raise ValueError(f"threshold must be >= 0, got {threshold}")
+        self.threshold = threshold
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(latent_dim, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total_sq", torch.zeros(latent_dim, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, means: torch.Tensor) -> None:
+        means = means.detach().to(torch.float64)
+        self.count += means.shape[0]
+        self.total += means.sum(dim=0)
+        self.total_sq += means.pow(2).sum(dim=0)
+
+    def variances(self) -> torch.Tensor:
+        """Per-dimension variance of the posterior means (unbiased)."""
+        mean = self.total / self.count
+        return (self.total_sq - self.count * mean.pow(2)) / (self.count - 1).clamp(min=1)
+
+    def compute(self) -> torch.Tensor:
+        return (self.variances() > self.threshold).sum()

@@ -28,7 +28,7 @@ def main(data_dir: str, out_dir: str, epochs: int) -> None:
     record = RecordIds()
     trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=epochs, callbacks=[record],
                       logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    model = Autoencoder(reconstruction="bce")
+    model = Autoencoder(recon_loss="bce")
     data = MNISTDataModule(data_dir=data_dir, download=False, batch_size=16, val_size=40)
     trainer.fit(model, datamodule=data)
     trainer.validate(model, datamodule=data, verbose=False)

@@ -24,7 +24,7 @@ def main(out: Path) -> None:
     rank = trainer.global_rank
     model.eval()
     with torch.no_grad():
-        indices = [model.encode_to_indices(data.transform(images, training=False))
+        indices = [model.encode_indices(data.transform(images, training=False))
                    for images, _ in data.val_dataloader()]
     q = model.quantizer
     torch.save({"codebook": q.codebook.detach(), "cluster_size": q.cluster_size, "embed_sum": q.embed_sum,

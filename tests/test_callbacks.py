@@ -362,7 +362,7 @@ def test_codebook_monitor_counts_every_validation_code_and_warns_on_collapse(tmp
     collapsed = CodebookUsageMonitor(min_used_fraction=1.0)
     with pytest.warns(UserWarning, match="codebook usage collapsed"):
         trainer(tmp_path, False, [collapsed]).validate(model, datamodule=data, verbose=False)
-    codes = torch.cat([model.encode_to_indices(x.float() / 255) for x in data.val_set.images.split(16)])
+    codes = torch.cat([model.encode_indices(x.float() / 255) for x in data.val_set.images.split(16)])
     torch.testing.assert_close(collapsed.last_counts, torch.bincount(codes.flatten(), minlength=16))
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="codebook usage collapsed")

@@ -18,7 +18,7 @@ ROOT = Path(__file__).parents[1]
 
 def _fit(tmp_path: Path, data_dir: Path, *extra: str) -> Path:
     main([
-        "fit", "--model", "Autoencoder", "--model.reconstruction", "bce",
+        "fit", "--model", "Autoencoder", "--model.recon_loss", "bce",
         "--data", "MNISTDataModule", "--data.data_dir", str(data_dir), "--data.download", "false",
         "--data.val_size", "16", "--data.batch_size", "16",
         "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
@@ -41,7 +41,7 @@ def test_fit_checkpoint_loads_with_no_arguments(tmp_path: Path, tiny_data_dir: P
 
 def test_validate_test_predict_subcommands(tmp_path: Path, tiny_data_dir: Path) -> None:
     ckpt = _fit(tmp_path / "fit", tiny_data_dir)
-    common = ["--model", "Autoencoder", "--model.reconstruction", "bce", "--data", "MNISTDataModule",
+    common = ["--model", "Autoencoder", "--model.recon_loss", "bce", "--data", "MNISTDataModule",
               "--data.data_dir", str(tiny_data_dir), "--data.download", "false", "--data.val_size", "16",
               "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpt)]
     for command in ("validate", "test", "predict"):
@@ -50,15 +50,15 @@ def test_validate_test_predict_subcommands(tmp_path: Path, tiny_data_dir: Path) 
 
 def test_data_shape_is_linked_into_the_model(tmp_path: Path, tiny_data_dir: Path) -> None:
     ckpt = _fit(tmp_path, tiny_data_dir, "--data", "CIFAR10DataModule", "--data.val_size", "20",
-                "--model.reconstruction", "mse", "--model.network", "conv")
+                "--model.recon_loss", "mse", "--model.network", "conv")
     model = Autoencoder.load_from_checkpoint(ckpt)
     assert model.image_shape == (3, 32, 32) and model.network == "conv"
 
 
 def test_bad_config_value_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        main(["fit", "--model", "Autoencoder", "--model.reconstruction", "l7", "--data", "FakeImageDataModule"])
-    assert "reconstruction" in capsys.readouterr().err
+        main(["fit", "--model", "Autoencoder", "--model.recon_loss", "l7", "--data", "FakeImageDataModule"])
+    assert "recon_loss" in capsys.readouterr().err
 
 
 def test_console_script_and_module() -> None:
@@ -91,7 +91,7 @@ def test_real_mnist_fit_lowers_validation_loss(tmp_path: Path, real_mnist_dir: P
     """A real `lightning-ae fit` on MNIST for 300 steps: the validation loss ends far below where it started."""
     data = MNISTDataModule(data_dir=str(real_mnist_dir), download=False)
     start = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(
-        Autoencoder(reconstruction="bce", num_classes=10), datamodule=data, verbose=False)[0]["val/mse"]
+        Autoencoder(recon_loss="bce", num_classes=10), datamodule=data, verbose=False)[0]["val/mse"]
     result = subprocess.run(
         [sys.executable, "-m", "lightning_ae", "fit", "--config", str(ROOT / "configs/mnist/ae.yaml"),
          "--data.data_dir", str(real_mnist_dir), "--data.download", "false", "--trainer.max_steps", "300",

@@ -24,19 +24,19 @@ from lightning_ae import (
 )
 
 VARIANTS = [
-    pytest.param(Autoencoder, {"reconstruction": "bce"}, (1, 28, 28), id="ae-mlp-bce"),
+    pytest.param(Autoencoder, {"recon_loss": "bce"}, (1, 28, 28), id="ae-mlp-bce"),
     pytest.param(Autoencoder, {"network": "conv", "latent_dim": 8}, (3, 32, 32), id="ae-conv-mse"),
-    pytest.param(DenoisingAutoencoder, {"corruption": "gaussian", "noise_level": 0.3}, (1, 28, 28), id="dae-gaussian"),
-    pytest.param(DenoisingAutoencoder, {"corruption": "masking", "reconstruction": "bce"}, (1, 28, 28),
+    pytest.param(DenoisingAutoencoder, {"corruption": "gaussian", "noise_std": 0.3}, (1, 28, 28), id="dae-gaussian"),
+    pytest.param(DenoisingAutoencoder, {"corruption": "masking", "recon_loss": "bce"}, (1, 28, 28),
                  id="dae-masking-bce"),
     pytest.param(DenoisingAutoencoder, {"network": "conv", "latent_dim": 8, "corruption": "salt_and_pepper"},
                  (3, 32, 32), id="dae-conv-salt-and-pepper"),
     pytest.param(SparseAutoencoder, {"sparsity": "l1"}, (1, 28, 28), id="sae-l1"),
-    pytest.param(SparseAutoencoder, {"sparsity": "kl", "reconstruction": "bce"}, (1, 28, 28), id="sae-kl-bce"),
+    pytest.param(SparseAutoencoder, {"sparsity": "kl", "recon_loss": "bce"}, (1, 28, 28), id="sae-kl-bce"),
     pytest.param(SparseAutoencoder, {"network": "conv", "latent_dim": 8, "sparsity": "topk", "k": 3}, (3, 32, 32),
                  id="sae-conv-topk"),
     pytest.param(ContractiveAutoencoder, {"penalty": "exact", "latent_dim": 8}, (1, 28, 28), id="cae-exact"),
-    pytest.param(ContractiveAutoencoder, {"penalty": "sigmoid", "reconstruction": "bce"}, (1, 28, 28),
+    pytest.param(ContractiveAutoencoder, {"penalty": "sigmoid", "network": "sigmoid", "recon_loss": "bce"}, (1, 28, 28),
                  id="cae-sigmoid-bce"),
     pytest.param(ContractiveAutoencoder, {"network": "conv", "latent_dim": 8, "penalty": "stochastic"}, (3, 32, 32),
                  id="cae-conv-stochastic"),
@@ -78,7 +78,7 @@ class TestVariantContract:
         losses = []
         for batch in (x, (x, torch.zeros(4)), [x], {"image": x, "label": torch.zeros(4)}):
             torch.manual_seed(1)
-            losses.append(model.loss_terms(model.check_images(_images(batch)), "val")[0]["loss"])
+            losses.append(model.loss_terms(model.check_images(_images(batch)), "val").loss)
         assert all(torch.allclose(losses[0], v) for v in losses[1:])
 
     def test_bad_inputs_name_the_problem(self, cls, kwargs, shape) -> None:

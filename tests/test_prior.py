@@ -65,7 +65,7 @@ def test_prior_likelihood_sampling_and_decoding(vqvae_checkpoint: Path, tmp_path
     prior = PixelCNNPrior(str(vqvae_checkpoint), channels=8, num_layers=2, kernel_size=3)
     assert prior.grid_shape == (7, 7)
     x = torch.rand(4, 1, 28, 28)
-    nats = prior.nll(prior.codes(x))
+    nats = prior.nll(prior.vqvae.encode_indices(x))
     assert nats.item() == pytest.approx(math.log(16), rel=0.2)  # untrained: near uniform over 16 codes
     torch.testing.assert_close(prior.bits_per_dim(nats), nats * 49 / (math.log(2) * 784))
     grids = prior.sample_indices(3)
@@ -85,7 +85,7 @@ def test_prior_trains_with_the_vqvae_frozen(vqvae_checkpoint: Path, tmp_path: Pa
     path = tmp_path / "prior.ckpt"
     trainer.save_checkpoint(path)
     loaded = PixelCNNPrior.load_from_checkpoint(path, weights_only=False)
-    idx = prior.codes(torch.rand(2, 1, 28, 28))
+    idx = prior.vqvae.encode_indices(torch.rand(2, 1, 28, 28))
     torch.testing.assert_close(loaded(idx), prior.eval()(idx))
 
 

@@ -92,7 +92,7 @@ def test_ema_update_matches_hand_computed_steps() -> None:
         torch.testing.assert_close(vq.cluster_size, size)
         torch.testing.assert_close(vq.embed_sum, embed_sum)
         torch.testing.assert_close(vq.codebook.detach(), (embed_sum / bias) / smoothed[:, None])
-        torch.testing.assert_close(vq.usage(), size / bias)
+        torch.testing.assert_close(vq.usage_per_step(), size / bias)
         # the output used the codebook before the step
         torch.testing.assert_close(out.quantized, codebook0[out.indices].movedim(-1, 1))
     # the EMA codebook loss carries no gradient
@@ -127,7 +127,7 @@ def test_restart_revives_dead_codes(ema: bool) -> None:
     vq.train()(z)  # debiased usage after one step = this step's counts: unused codes (< 0.5) restart now
     revived = vq.codebook.detach()[unused]
     assert ((revived[:, None] - flat[None]) ** 2).sum(-1).min(1).values.max() < 1e-10  # encoder outputs
-    assert (vq.usage()[unused] == 0.5).all()
+    assert (vq.usage_per_step()[unused] == 0.5).all()
     assert (vq.eval()(z).indices >= 8).any()  # and they are used
     vq.train()(z)
     if ema:  # the next EMA step keeps what the restart set, up to smoothing

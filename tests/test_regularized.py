@@ -20,9 +20,9 @@ from lightning_ae import (
     FakeImageDataModule,
     SparseAutoencoder,
 )
+from lightning_ae.callbacks.probe import LinearProbe, encode_batches, fit_logistic_regression, linear_probe
 from lightning_ae.losses import contractive_penalty_exact, contractive_penalty_stochastic, reconstruction_loss
 from lightning_ae.nets import MLPDecoder, MLPEncoder, SigmoidEncoder
-from lightning_ae.probe import LinearProbe, encode_batches, fit_logistic_regression, linear_probe
 
 SHAPE = (1, 28, 28)
 
@@ -46,10 +46,10 @@ class CorruptionSpy(DenoisingAutoencoder):
 
 def test_dae_trains_on_corrupted_inputs_against_clean_targets() -> None:
     seed_everything(0)
-    model = DenoisingAutoencoder(corruption="masking", noise_level=0.5)
+    model = DenoisingAutoencoder(corruption="masking", noise_fraction=0.5)
     x = torch.rand(8, *SHAPE)
     torch.manual_seed(3)
-    terms, _ = model.loss_terms(x, "train")
+    terms = model.loss_terms(x, "train").as_dict()
     torch.manual_seed(3)
     x_tilde = model.corrupt(x)
     assert (x_tilde == 0).float().mean() > 0.4  # the input really is corrupted
@@ -61,9 +61,10 @@ def test_dae_trains_on_corrupted_inputs_against_clean_targets() -> None:
 @pytest.mark.parametrize("stage", ["val", "test"])
 def test_dae_does_not_corrupt_at_evaluation(stage: str) -> None:
     seed_everything(0)
-    model = DenoisingAutoencoder(corruption="salt_and_pepper", noise_level=0.5).eval()
+    model = DenoisingAutoencoder(corruption="salt_and_pepper", noise_fraction=0.5).eval()
     x = torch.rand(8, *SHAPE)
-    terms, reconstruction = model.loss_terms(x, stage)
+    _out = model.loss_terms(x, stage)
+    terms, reconstruction = _out.as_dict(), _out.reconstruction
     with torch.no_grad():
         torch.testing.assert_close(reconstruction, model(x))  # the returned reconstruction is from the clean input
         torch.testing.assert_close(terms["loss"], reconstruction_loss(model.decode(model.encode(x)), x, "mse"))
@@ -72,7 +73,7 @@ def test_dae_does_not_corrupt_at_evaluation(stage: str) -> None:
 
 def test_dae_validation_logs_clean_and_corrupted_reconstruction(tmp_path: Path) -> None:
     seed_everything(0)
-    model = CorruptionSpy(corruption="masking", noise_level=0.5)
+    model = CorruptionSpy(corruption="masking", noise_fraction=0.5)
     metrics = validate(model, tmp_path)
     assert {"val/loss", "val/mse", "val/mse_corrupted", "val/recon_corrupted"} <= set(metrics)
     assert metrics["val/mse_corrupted"] != pytest.approx(metrics["val/mse"])
@@ -80,7 +81,7 @@ def test_dae_validation_logs_clean_and_corrupted_reconstruction(tmp_path: Path) 
 
 
 def test_dae_corrupts_on_the_batch_device_and_dtype() -> None:
-    model = DenoisingAutoencoder(corruption="gaussian", noise_level=0.1)
+    model = DenoisingAutoencoder(corruption="gaussian", noise_std=0.1)
     x = torch.rand(2, *SHAPE, dtype=torch.float64)
     y = model.corrupt(x)
     assert y.dtype == x.dtype and y.device == x.device and not torch.equal(x, y)
@@ -89,9 +90,11 @@ def test_dae_corrupts_on_the_batch_device_and_dtype() -> None:
 def test_dae_bad_config_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="corruption must be one of"):
         DenoisingAutoencoder(corruption="blur")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="noise_level"):
-        DenoisingAutoencoder(corruption="masking", noise_level=1.5)
-    DenoisingAutoencoder(corruption="gaussian", noise_level=1.5)  # a sigma may exceed 1
+    with pytest.raises(ValueError, match="noise_fraction"):
+        DenoisingAutoencoder(corruption="masking", noise_fraction=1.5)
+    with pytest.raises(ValueError, match="noise_std"):
+        DenoisingAutoencoder(corruption="gaussian", noise_std=-0.1)
+    DenoisingAutoencoder(corruption="gaussian", noise_std=1.5)  # a sigma may exceed 1
 
 
 # ---- SparseAutoencoder -------------------------------------------------------------------------------------
@@ -100,7 +103,7 @@ def test_sae_loss_is_reconstruction_plus_weighted_penalty(sparsity: str) -> None
     seed_everything(0)
     model = SparseAutoencoder(sparsity=sparsity, sparsity_weight=0.5, rho=0.1, k=4, latent_dim=16)
     x = torch.rand(8, *SHAPE)
-    terms, _ = model.loss_terms(x, "train")
+    terms = model.loss_terms(x, "train").as_dict()
     h = model.encoder(x)
     code = {"l1": torch.relu(h), "kl": torch.sigmoid(h), "topk": h}[sparsity]
     if sparsity == "topk":
@@ -129,7 +132,8 @@ def test_sae_topk_code_has_exactly_k_active_units_and_logs_it(tmp_path: Path) ->
 
 def test_sae_kl_training_moves_mean_activation_towards_rho(tmp_path: Path) -> None:
     seed_everything(0)
-    model = SparseAutoencoder(MLPEncoder(SHAPE, 16, hidden_dims=(32,)), MLPDecoder(SHAPE, 16, hidden_dims=(32,)),
+    model = SparseAutoencoder(encoder=MLPEncoder(SHAPE, 16, hidden_dims=(32,)),
+                              decoder=MLPDecoder(SHAPE, 16, hidden_dims=(32,)),
                               sparsity="kl", rho=0.05, sparsity_weight=1.0, latent_dim=16)
     before = validate(model, tmp_path)["val/mean_activation"]
     data = FakeImageDataModule(image_shape=SHAPE, num_train=192, val_size=64, batch_size=32)
@@ -154,10 +158,11 @@ def test_sae_bad_config_is_a_value_error() -> None:
 @pytest.mark.parametrize("penalty", ["exact", "sigmoid", "stochastic"])
 def test_cae_loss_is_reconstruction_plus_lambda_jacobian(penalty: str) -> None:
     seed_everything(0)
-    model = ContractiveAutoencoder(penalty=penalty, contractive_weight=0.3, latent_dim=6, num_projections=3)
+    model = ContractiveAutoencoder(penalty=penalty, contractive_weight=0.3, latent_dim=6, num_projections=3,
+                                   network="sigmoid" if penalty == "sigmoid" else "mlp")
     x = torch.rand(3, *SHAPE)
     torch.manual_seed(1)
-    terms, _ = model.loss_terms(x, "train")
+    terms = model.loss_terms(x, "train").as_dict()
     if penalty == "stochastic":  # the same draws through the pure function (its unbiasedness: test_losses_...)
         torch.manual_seed(1)
         x_in = x.clone().requires_grad_()
@@ -172,22 +177,26 @@ def test_cae_loss_is_reconstruction_plus_lambda_jacobian(penalty: str) -> None:
 @pytest.mark.parametrize("penalty", ["exact", "sigmoid", "stochastic"])
 def test_cae_training_gradient_of_the_penalty_reaches_the_encoder(penalty: str) -> None:
     seed_everything(0)
-    model = ContractiveAutoencoder(penalty=penalty, latent_dim=6)
+    model = ContractiveAutoencoder(penalty=penalty, latent_dim=6, network="sigmoid" if penalty == "sigmoid" else "mlp")
     x = torch.rand(4, *SHAPE)
-    terms, _ = model.loss_terms(x, "train")
+    terms = model.loss_terms(x, "train").as_dict()
     first = next(model.encoder.parameters())
-    (grad,) = torch.autograd.grad(terms["contractive"], first)
+    (grad,) = torch.autograd.grad(terms["contractive"], first, retain_graph=True)
     assert grad.abs().sum() > 0
-    assert all(p.grad is None for p in model.decoder.parameters())
+    decoder_grads = torch.autograd.grad(terms["contractive"], list(model.decoder.parameters()), allow_unused=True)
+    assert all(g is None for g in decoder_grads)  # the penalty is a function of the encoder alone
 
 
 def test_cae_sigmoid_default_encoder_and_structure_check() -> None:
-    model = ContractiveAutoencoder(penalty="sigmoid", latent_dim=7)
+    model = ContractiveAutoencoder(penalty="sigmoid", network="sigmoid", latent_dim=7)
     assert isinstance(model.encoder, SigmoidEncoder)
     seq = nn.Sequential(nn.Flatten(), nn.Linear(784, 7), nn.Sigmoid())
     ContractiveAutoencoder(penalty="sigmoid", encoder=seq, latent_dim=7)
     with pytest.raises(ValueError, match="single sigmoid layer"):
         ContractiveAutoencoder(penalty="sigmoid", encoder=MLPEncoder(SHAPE, 7), latent_dim=7)
+    for network in ("mlp", "conv"):  # never a silent swap of the chosen network for a sigmoid layer
+        with pytest.raises(ValueError, match="network='sigmoid'"):
+            ContractiveAutoencoder(penalty="sigmoid", network=network, latent_dim=7)
 
 
 def test_cae_bad_config_is_a_value_error() -> None:
@@ -280,10 +289,10 @@ def test_regularized_variants_on_real_mnist_subset(real_mnist_dir: Path) -> None
     data.setup("test")
     x = data.transform(data.test_set.images, training=False)
     x_masked = corrupt(x, "masking", 0.5, generator=torch.Generator().manual_seed(1))
-    common = {"latent_dim": 64, "reconstruction": "bce", "num_classes": 10}
+    common = {"latent_dim": 64, "recon_loss": "bce", "num_classes": 10}
     builds = {
         "ae": lambda n: Autoencoder(**n, **common),
-        "dae": lambda n: DenoisingAutoencoder(**n, **common, corruption="masking", noise_level=0.5),
+        "dae": lambda n: DenoisingAutoencoder(**n, **common, corruption="masking", noise_fraction=0.5),
         "kl": lambda n: SparseAutoencoder(**n, **common, sparsity="kl", rho=0.05, sparsity_weight=0.1),
         "topk": lambda n: SparseAutoencoder(**n, **common, sparsity="topk", k=16),
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ from lightning_ae.distributions import (
     kl_warmup_weight,
     standard_normal_log_prob,
 )
-from lightning_ae.models.vae import ActiveUnits
+from lightning_ae.metrics import ActiveUnits
 
 
 def small_vae(**kwargs) -> VAE:
@@ -103,7 +104,7 @@ def test_k1_estimate_is_the_elbo_on_average() -> None:
     x = torch.rand(1, 1, 4, 4).bernoulli().expand(4000, -1, -1, -1)
     torch.manual_seed(1)
     l1 = model.log_likelihood(x, num_samples=1)  # 4000 independent one-sample estimates
-    terms, _ = model.loss_terms(x, "val")  # analytic KL, reconstruction averaged over 4000 samples
+    terms = model.loss_terms(x, "val").as_dict()  # analytic KL, reconstruction averaged over 4000 samples
     stderr = l1.std() / math.sqrt(l1.shape[0])
     assert abs(l1.mean() - terms["elbo"]) < 6 * stderr
 
@@ -112,7 +113,7 @@ def test_k1_estimate_is_the_elbo_on_average() -> None:
 def test_estimate_is_above_elbo_and_grows_with_k() -> None:
     model = small_vae()
     x = torch.rand(1, 1, 4, 4).bernoulli().expand(300, -1, -1, -1)
-    elbo = model.loss_terms(x[:1], "val")[0]["elbo"].item()
+    elbo = model.loss_terms(x[:1], "val").terms["elbo"].item()
     torch.manual_seed(2)
     means = [model.log_likelihood(x, num_samples=k).mean().item() for k in (1, 10, 100)]
     assert means[0] == pytest.approx(elbo, abs=0.5)
@@ -151,7 +152,7 @@ def test_estimate_converges_to_closed_form_marginal_of_linear_gaussian_model() -
     exact = torch.distributions.MultivariateNormal(b, w @ w.T + sigma**2 * torch.eye(p)).log_prob(x)
     images = x.view(4, 1, 2, 3)
     estimate = model.log_likelihood(images, num_samples=20_000)
-    elbo = model.loss_terms(images, "val")[0]["elbo"]
+    elbo = model.loss_terms(images, "val").terms["elbo"]
     assert exact.mean() - elbo > 0.2  # the posterior is wrong on purpose: the ELBO has a real gap
     torch.testing.assert_close(estimate, exact, atol=0.05, rtol=0)
 
@@ -167,14 +168,20 @@ def test_kl_warmup_weight() -> None:
 def test_warmup_starts_at_recon_only_and_ramps_during_training(tmp_path: Path) -> None:
     model = small_vae(kl_warmup_steps=4).train()
     x = torch.rand(8, 1, 4, 4).bernoulli()
-    terms, _ = model.loss_terms(x, "train")
+    terms = model.loss_terms(x, "train").as_dict()
     torch.testing.assert_close(terms["loss"], terms["recon"])  # global step 0: weight 0
     assert terms["kl"] > 0
 
     weights: list[float] = []
     data = FakeImageDataModule(image_shape=(1, 4, 4), num_train=64, val_size=0, batch_size=8)
-    original = model.kl_weight
-    model.kl_weight = lambda: weights.append(original()) or weights[-1]  # type: ignore[method-assign]
+    original = model.loss_terms
+
+    def spy(x: torch.Tensor, stage: str) -> Any:
+        out = original(x, stage)
+        weights.append(out.terms["kl_weight"].item())
+        return out
+
+    model.loss_terms = spy  # type: ignore[method-assign]
     quiet_trainer(tmp_path, max_steps=6, limit_val_batches=0).fit(model, datamodule=data)
     assert weights == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.0])
 
@@ -193,7 +200,7 @@ def test_model_uses_free_bits_in_loss_but_reports_true_kl() -> None:
     x = torch.rand(8, 1, 4, 4).bernoulli()
     model = small_vae(free_bits=5.0)
     torch.manual_seed(0)
-    terms, _ = model.loss_terms(x, "val")
+    terms = model.loss_terms(x, "val").as_dict()
     assert terms["kl"] < 3 * 5.0
     torch.testing.assert_close(terms["loss"], terms["recon"] + 3 * 5.0)
     torch.testing.assert_close(terms["elbo"], -(terms["recon"] + terms["kl"]))
@@ -239,7 +246,7 @@ def test_encode_is_posterior_mean_and_forward_deterministic() -> None:
     x = torch.rand(5, 1, 4, 4)
     torch.testing.assert_close(model.encode(x), model.posterior(x).mean)
     torch.testing.assert_close(model(x), model(x))
-    torch.testing.assert_close(model.reconstruct(x), torch.sigmoid(model.decode(model.encode(x))))
+    torch.testing.assert_close(model(x), torch.sigmoid(model.decode(model.encode(x))))
 
 
 def test_sample_interpolate_traverse() -> None:
@@ -249,8 +256,8 @@ def test_sample_interpolate_traverse() -> None:
     x1, x2 = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
     path = model.interpolate(x1, x2, steps=5)
     assert path.shape == (5, 2, 1, 4, 4)
-    torch.testing.assert_close(path[0], model.reconstruct(x1))
-    torch.testing.assert_close(path[-1], model.reconstruct(x2))
+    torch.testing.assert_close(path[0], model(x1))
+    torch.testing.assert_close(path[-1], model(x2))
     assert model.interpolate(x1[0], x2[0], steps=3).shape == (3, 1, 4, 4)
     values = torch.tensor([-2.0, 0.0, 2.0])
     grid = model.traverse(x1[0], dim=1, values=values)

@@ -22,7 +22,7 @@ def test_index_interface() -> None:
     x = torch.rand(3, 1, 28, 28)
     z_e = model.encode(x)
     assert z_e.shape == (3, 8, 7, 7)
-    indices = model.encode_to_indices(x)
+    indices = model.encode_indices(x)
     assert indices.shape == (3, 7, 7) and indices.dtype == torch.long
     assert model.quantizer.num_codes == 32
     images = model.decode_indices(indices)
@@ -44,8 +44,9 @@ def test_data_variance_weights_the_reconstruction_term() -> None:
     """sonnet's loss: MSE / data variance + the quantizer's terms; the logged recon stays the plain MSE."""
     x = torch.rand(4, 1, 28, 28)
     plain, scaled = small(), small(data_variance=0.0625)
-    plain_terms, x_hat = plain.loss_terms(x, "val")
-    terms, _ = scaled.loss_terms(x, "val")
+    _out = plain.loss_terms(x, "val")
+    plain_terms, x_hat = _out.as_dict(), _out.reconstruction
+    terms = scaled.loss_terms(x, "val").as_dict()
     mse = ((x_hat - x) ** 2).mean()
     torch.testing.assert_close(terms["recon"], mse)
     torch.testing.assert_close(terms["loss"], mse / 0.0625 + terms["commitment"])
@@ -56,9 +57,9 @@ def test_only_training_updates_the_codebook() -> None:
     model = small(kmeans_init=True, restart_threshold=0.5)
     x = torch.rand(4, 1, 28, 28)
     before = model.quantizer.codebook.detach().clone()
-    terms, _ = model.loss_terms(x, "val")
+    terms = model.loss_terms(x, "val").as_dict()
     assert torch.equal(before, model.quantizer.codebook) and not bool(model.quantizer.initialized)
-    terms, _ = model.loss_terms(x, "train")
+    terms = model.loss_terms(x, "train").as_dict()
     assert not torch.equal(before, model.quantizer.codebook) and bool(model.quantizer.initialized)
     assert set(terms) == {"loss", "recon", "codebook", "commitment", "perplexity"}
     torch.testing.assert_close(terms["loss"], terms["recon"] + terms["commitment"])  # EMA: no codebook loss
@@ -72,9 +73,9 @@ def test_usage_metrics_are_logged(tmp_path) -> None:
     trainer.fit(model, datamodule=data)
     m = trainer.callback_metrics
     for stage in ("train", "val"):
-        assert 1.0 <= m[f"{stage}/usage_perplexity"] <= 32
-        assert 0 < m[f"{stage}/usage_used_fraction"] <= 1
-        assert m[f"{stage}/usage_dead_codes"] == 32 * (1 - m[f"{stage}/usage_used_fraction"])
+        assert 1.0 <= m[f"{stage}/codebook_perplexity"] <= 32
+        assert 0 < m[f"{stage}/codebook_used_fraction"] <= 1
+        assert m[f"{stage}/codebook_dead_codes"] == 32 * (1 - m[f"{stage}/codebook_used_fraction"])
     assert "train/perplexity" in m and "val/commitment" in m
 
 
@@ -85,7 +86,7 @@ def test_bf16_autocast_matches_fp32_indices() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         z_bf16 = model.encode(x)
         out = model.quantize(z_bf16)
-        terms, _ = model.loss_terms(x, "val")
+        terms = model.loss_terms(x, "val").as_dict()
     assert z_bf16.dtype == torch.bfloat16 and torch.isfinite(terms["loss"])
     assert out.commitment_loss.dtype == torch.float32
     codes = model.quantizer.codebook.detach()

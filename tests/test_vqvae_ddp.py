@@ -36,8 +36,8 @@ def test_ddp_ranks_hold_identical_codebooks(tmp_path: Path) -> None:
     assert not torch.equal(r0["indices"], r1["indices"])  # the ranks did see different data
     counts = torch.bincount(torch.cat([r0["indices"], r1["indices"]]), minlength=32)
     for r in (r0, r1):
-        assert r["metrics"]["val/usage_perplexity"] == pytest.approx(perplexity_of_counts(counts).item(), rel=1e-5)
-        assert r["metrics"]["val/usage_used_fraction"] == pytest.approx((counts > 0).float().mean().item())
+        assert r["metrics"]["val/codebook_perplexity"] == pytest.approx(perplexity_of_counts(counts).item(), rel=1e-5)
+        assert r["metrics"]["val/codebook_used_fraction"] == pytest.approx((counts > 0).float().mean().item())
 
 
 @pytest.mark.slow

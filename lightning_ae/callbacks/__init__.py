@@ -8,13 +8,16 @@ from lightning_ae.callbacks.grid import make_grid
 from lightning_ae.callbacks.images import LatentInterpolation, ReconstructionGrid, SampleGrid
 from lightning_ae.callbacks.latent import LatentSpaceVisualizer, pca_2d, project_2d, scatter_figure
 from lightning_ae.callbacks.logging import log_image
+from lightning_ae.callbacks.probe import LinearProbe, linear_probe
 
 __all__ = [
     "CodebookUsageMonitor",
     "LatentInterpolation",
     "LatentSpaceVisualizer",
+    "LinearProbe",
     "ReconstructionGrid",
     "SampleGrid",
+    "linear_probe",
     "log_image",
     "make_grid",
     "pca_2d",

@@ -59,6 +59,16 @@ def pixel_range_of(pl_module: LightningModule) -> tuple[float, float]:
     return float(value[0]), float(value[1])
 
 
+def is_last_epoch(trainer: Trainer) -> bool:
+    """Whether the current epoch of ``fit`` is the last: ``max_epochs`` or ``max_steps`` reached, or a stop
+    requested (early stopping)."""
+    if trainer.should_stop:
+        return True
+    if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1:
+        return True
+    return trainer.max_steps is not None and 0 <= trainer.max_steps <= trainer.global_step
+
+
 def epoch_label(trainer: Trainer) -> str:
     """``", epoch N"`` while fitting, else ``""`` (a figure drawn by ``trainer.validate`` has no epoch)."""
     return f", epoch {trainer.current_epoch}" if trainer.state.fn == TrainerFn.FITTING else ""
@@ -83,9 +93,7 @@ class EpochCallback(Callback):
             return False
         if trainer.state.fn != TrainerFn.FITTING:
             return True
-        epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch >= trainer.max_epochs
-        return epoch % self.every_n_epochs == 0 or last
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0 or is_last_epoch(trainer)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._active = self.should_run(trainer)

@@ -116,28 +116,23 @@ class LatentInterpolation(ValidationCollector):
         self.steps, self.traversal_dims, self.traversal_range = steps, traversal_dims, traversal_range
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        require_methods(self, pl_module, ("encode", "decode", "output_to_image"))
+        require_methods(self, pl_module, ("interpolate",))
 
     def render(self, trainer: Trainer, pl_module: LightningModule, rows: Rows) -> None:
         x = rows["image"].to(pl_module.device)
-        z = pl_module.encode(x)
         pairs = x.shape[0] // 2
         if pairs >= 1:
-            log_image(trainer, "val/interpolations", self._interpolations(pl_module, x, z, pairs))
+            log_image(trainer, "val/interpolations", self._interpolations(pl_module, x, pairs))
         if self.traversal_dims > 0 and callable(getattr(pl_module, "traverse", None)):
-            log_image(trainer, "val/latent_traversals", self._traversals(pl_module, x, z))
+            log_image(trainer, "val/latent_traversals", self._traversals(pl_module, x))
 
-    def _interpolations(
-        self, pl_module: LightningModule, x: torch.Tensor, z: torch.Tensor, pairs: int
-    ) -> torch.Tensor:
-        z1, z2 = z[0 : 2 * pairs : 2], z[1 : 2 * pairs : 2]
-        t = torch.linspace(0.0, 1.0, self.steps, device=z.device, dtype=z.dtype).view(-1, *[1] * z.ndim)
-        path = torch.lerp(z1, z2, t)  # (steps, pairs, *code)
-        decoded = pl_module.output_to_image(pl_module.decode(path.flatten(0, 1))).unflatten(0, (self.steps, pairs))
+    def _interpolations(self, pl_module: LightningModule, x: torch.Tensor, pairs: int) -> torch.Tensor:
+        decoded = pl_module.interpolate(x[0 : 2 * pairs : 2], x[1 : 2 * pairs : 2], self.steps)  # (steps, pairs, ...)
         rows = [torch.cat([x[2 * i : 2 * i + 1], decoded[:, i], x[2 * i + 1 : 2 * i + 2]]) for i in range(pairs)]
         return make_grid(_to_unit(pl_module, torch.cat(rows)), nrow=self.steps + 2)
 
-    def _traversals(self, pl_module: LightningModule, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _traversals(self, pl_module: LightningModule, x: torch.Tensor) -> torch.Tensor:
+        z = pl_module.encode(x)
         spread = z.flatten(1).var(dim=0) if z.shape[0] > 1 else torch.ones(z.flatten(1).shape[1], device=z.device)
         dims = spread.argsort(descending=True)[: self.traversal_dims].tolist()
         values = torch.linspace(-self.traversal_range, self.traversal_range, self.steps)

@@ -22,15 +22,6 @@ class DownloadError(RuntimeError):
     """Every mirror failed for a file."""
 
 
-def md5sum(path: str | os.PathLike[str]) -> str:
-    """The md5 hex digest of a file, read in chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fetch(url: str, dest: Path, md5: str | None, timeout: float) -> None:
     """Downloads ``url`` to a temporary file in ``dest``'s folder and renames it to ``dest`` once verified."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)

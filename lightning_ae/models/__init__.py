@@ -1,4 +1,5 @@
-"""The autoencoder variants, each a LightningModule on :class:`AutoencoderBase`."""
+"""The autoencoder variants, each a LightningModule on :class:`AutoencoderBase`, and the VQ-VAE's learned prior
+(:class:`PixelCNNPrior`, a LightningModule of its own)."""
 
 from lightning_ae.models.autoencoder import Autoencoder
 from lightning_ae.models.base import AutoencoderBase

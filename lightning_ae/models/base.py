@@ -1,6 +1,9 @@
-"""What every autoencoder variant shares: networks, encode/decode, one step for train/val/test, logging,
-optimizers. A variant implements :meth:`AutoencoderBase.loss_terms` (and, if its networks differ from the
-defaults, :meth:`AutoencoderBase.default_networks`), nothing else.
+"""What every autoencoder variant shares: the encoder and decoder (given, or the defaults of
+:func:`~lightning_ae.nets.default_networks`), ``encode`` / ``decode`` / ``forward``, one step for train, val and
+test with its logging and metrics, interpolation, prediction and the optimizers.
+
+A variant adds its loss (:meth:`AutoencoderBase.loss_terms`, returning a :class:`LossOutput`), builds its networks
+with :meth:`AutoencoderBase.init_networks`, and overrides ``encode`` / ``decode`` / epoch hooks where it differs.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import pickle
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -18,12 +22,16 @@ from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from lightning_ae.batch import check_image_shape, extract_images, extract_labels
-from lightning_ae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from lightning_ae.nets import Network, check_network, default_networks
 
 
 def _allow_optimizer_classes_in_checkpoints() -> None:
-    """Lets ``load_from_checkpoint`` (``weights_only`` loading) read hparams naming a torch optimizer or scheduler
-    class, e.g. the default ``optimizer=torch.optim.Adam`` of a model built from Python."""
+    """Lets ``weights_only`` loading read hparams naming a torch optimizer or scheduler class (the default
+    ``optimizer=torch.optim.Adam`` of a model built from Python).
+
+    Done at import: both of Lightning's loaders (``load_from_checkpoint`` and the Trainer's ``ckpt_path``) unpickle
+    before any hook of ours runs.
+    """
     classes = [c for c in vars(torch.optim).values() if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)]
     schedulers = vars(torch.optim.lr_scheduler).values()
     classes += [c for c in schedulers if isinstance(c, type) and issubclass(c, torch.optim.lr_scheduler.LRScheduler)]
@@ -51,18 +59,59 @@ def build_optimization(
     return {"optimizer": built, "lr_scheduler": {"scheduler": lr_scheduler(built), "monitor": "val/loss"}}
 
 
-Network = Literal["mlp", "conv"]
+def logs_this_step(module: LightningModule) -> bool:
+    """Whether the current training step is one whose values the loggers write.
+
+    ``self.log`` costs about 0.5 ms per key on a CPU, 10-15% of a small model's step, and loggers only write
+    training-step values every ``trainer.log_every_n_steps`` steps; so the terms are logged on exactly those steps,
+    on the last batch of an epoch, on the last step, on a requested stop and under ``fast_dev_run``: every logger
+    receives the same values as when logging every step. Outside a Trainer, every step logs.
+    """
+    try:
+        trainer = module.trainer
+    except RuntimeError:  # not attached to a Trainer
+        return True
+    step = module.global_step + 1
+    return bool(trainer.fast_dev_run or trainer.is_last_batch or trainer.should_stop
+                or 0 < trainer.max_steps <= step or step % max(trainer.log_every_n_steps, 1) == 0)
+
+
 Stage = Literal["train", "val", "test"]
+
+
+@dataclass
+class LossOutput:
+    """What a variant's :meth:`AutoencoderBase.loss_terms` returns.
+
+    Attributes:
+        loss: the scalar that is minimised (logged as ``{stage}/loss``).
+        reconstruction: the reconstructed images ``(B, C, H, W)`` in ``pixel_range`` (scored by the val/test
+            metrics).
+        terms: other scalars logged as ``{stage}/<name>`` (loss components, diagnostics).
+    """
+
+    loss: torch.Tensor
+    reconstruction: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """``{"loss": loss, **terms}``."""
+        return {"loss": self.loss, **self.terms}
+
+    def logged(self) -> dict[str, torch.Tensor]:
+        """:meth:`as_dict`, detached."""
+        return {k: v.detach() for k, v in self.as_dict().items()}
 
 
 class AutoencoderBase(LightningModule):
     """Base LightningModule of the autoencoders.
 
     Args:
-        encoder: maps images ``(B, C, H, W)`` to codes; ``None`` builds the default for ``network``.
-        decoder: maps codes to images (unbounded: logits or means); ``None`` builds the default.
-        latent_dim: size of the code of the default networks.
-        network: default network family, ``mlp`` or ``conv`` (residual, strided convolutions).
+        encoder: maps images ``(B, C, H, W)`` to latents; ``None`` builds the variant's default for ``network``.
+        decoder: maps latents to images (unbounded: logits or means); ``None`` builds the default.
+        latent_dim: size of the latent of the default networks.
+        network: default network family: ``mlp``, ``conv`` (residual, strided convolutions) or ``sigmoid`` (a
+            single sigmoid layer encoder, for the contractive autoencoder's closed-form penalty).
         image_shape: ``(C, H, W)`` of the images (linked from the datamodule by the CLI).
         num_classes: classes of the dataset, if any (linked from the datamodule; used by callbacks and probes).
         pixel_range: ``(low, high)`` of pixel values (linked from the datamodule).
@@ -91,59 +140,39 @@ class AutoencoderBase(LightningModule):
             self.save_hyperparameters(ignore=unpicklable)
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
-        if network not in ("mlp", "conv"):
-            raise ValueError(f"network must be 'mlp' or 'conv', got {network!r}")
         if len(pixel_range) != 2 or not pixel_range[0] < pixel_range[1]:
             raise ValueError(f"pixel_range must be (low, high) with low < high, got {pixel_range}")
         self.latent_dim = latent_dim
-        self.network = network
+        self.network = check_network(network)
         self.image_shape = check_image_shape(image_shape)
         self.num_classes = num_classes
         self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        if encoder is None or decoder is None:
-            default_encoder, default_decoder = self.default_networks()
-            encoder = default_encoder if encoder is None else encoder
-            decoder = default_decoder if decoder is None else decoder
-        self.encoder = encoder
+        self.encoder = encoder  # a None network is built by the variant's init_networks()
         self.decoder = decoder
         data_range = self.pixel_range[1] - self.pixel_range[0]
-        self.metrics = nn.ModuleDict(
-            {
-                stage: MetricCollection(
-                    {"mse": MeanSquaredError(), "psnr": PeakSignalNoiseRatio(data_range=data_range)},
-                    prefix=f"{stage}/",
-                )
-                for stage in ("val", "test")
-            }
-        )
+        self.metrics = nn.ModuleDict({
+            stage: MetricCollection({"mse": MeanSquaredError(), "psnr": PeakSignalNoiseRatio(data_range=data_range)},
+                                    prefix=f"{stage}/")
+            for stage in ("val", "test")
+        })
 
-    # ---- networks ------------------------------------------------------------------------------------------
-    encoder_out_mult: int = 1
-    """Encoder outputs per latent dimension (2 for a Gaussian encoder's mean and log-variance)."""
-    decoder_out_mult: int = 1
-    """Decoder output channels per image channel (2 for a Gaussian likelihood with learned variance)."""
+    def init_networks(self, **default_options: Any) -> None:
+        """Builds the encoder and decoder that were not given to ``__init__``:
+        ``default_networks(network, image_shape, latent_dim, **default_options)`` (each variant calls it once)."""
+        if self.encoder is None or self.decoder is None:
+            encoder, decoder = default_networks(self.network, self.image_shape, self.latent_dim, **default_options)
+            self.encoder = encoder if self.encoder is None else self.encoder
+            self.decoder = decoder if self.decoder is None else self.decoder
 
-    def default_networks(self) -> tuple[nn.Module, nn.Module]:
-        """The default encoder and decoder for ``network``, ``image_shape`` and ``latent_dim``."""
-        out_dim = self.latent_dim * self.encoder_out_mult
-        if self.network == "mlp":
-            return (
-                MLPEncoder(self.image_shape, out_dim),
-                MLPDecoder(self.image_shape, self.latent_dim, out_channels_mult=self.decoder_out_mult),
-            )
-        return (
-            ConvEncoder(self.image_shape, out_dim),
-            ConvDecoder(self.image_shape, self.latent_dim, out_channels_mult=self.decoder_out_mult),
-        )
-
+    # ---- encode, decode ------------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, C, H, W)`` -> codes."""
+        """Images ``(B, C, H, W)`` -> latents."""
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Codes -> decoder output (logits or means, in the decoder's space)."""
+        """Latents -> decoder output (logits or means, in the decoder's space)."""
         return self.decoder(z)
 
     def output_to_image(self, output: torch.Tensor) -> torch.Tensor:
@@ -154,9 +183,29 @@ class AutoencoderBase(LightningModule):
         """Reconstructs images: ``(B, C, H, W)`` -> ``(B, C, H, W)`` in ``pixel_range``."""
         return self.output_to_image(self.decode(self.encode(self.check_images(x))))
 
+    @torch.no_grad()
+    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor:
+        """Decodes ``steps`` points on the straight line between the latents of ``x1`` and ``x2``.
+
+        Args:
+            x1, x2: images ``(B, C, H, W)`` (or ``(C, H, W)`` for one pair).
+            steps: points including both ends (>= 2).
+
+        Returns:
+            ``(steps, B, C, H, W)`` images in ``pixel_range`` (``(steps, C, H, W)`` for one pair).
+        """
+        if steps < 2:
+            raise ValueError(f"steps must be >= 2, got {steps}")
+        single = x1.ndim == 3
+        z1, z2 = (self.encode(self.check_images(x.unsqueeze(0) if single else x)) for x in (x1, x2))
+        t = torch.linspace(0.0, 1.0, steps, device=z1.device, dtype=z1.dtype).view(-1, *[1] * z1.ndim)
+        path = torch.lerp(z1, z2, t)  # (steps, B, *latent)
+        images = self.output_to_image(self.decode(path.flatten(0, 1))).unflatten(0, (steps, z1.shape[0]))
+        return images[:, 0] if single else images
+
     # ---- the step ------------------------------------------------------------------------------------------
-    def loss_terms(self, x: torch.Tensor, stage: Stage) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The variant's loss: ``({"loss": total, other logged terms...}, reconstruction in pixel_range)``."""
+    def loss_terms(self, x: torch.Tensor, stage: Stage) -> LossOutput:
+        """The variant's loss on images ``x`` (a pure function of the batch and the model)."""
         raise NotImplementedError(f"{type(self).__name__} must implement loss_terms")
 
     def check_images(self, x: Any) -> torch.Tensor:
@@ -175,48 +224,19 @@ class AutoencoderBase(LightningModule):
             )
         return x
 
-    def _step(self, batch: Any, stage: Stage) -> torch.Tensor:
+    def _step(self, batch: Any, stage: Stage) -> tuple[torch.Tensor, LossOutput]:
         x = self.check_images(extract_images(batch))
-        terms, reconstruction = self.loss_terms(x, stage)
-        loss = terms["loss"]
-        if not torch.isfinite(loss):
-            values = ", ".join(f"{k}={v.detach().float().mean().item():.4g}" for k, v in terms.items())
-            raise FloatingPointError(
-                f"non-finite {stage} loss at global step {self.global_step}: {values}. Lower the learning rate, "
-                "check the inputs, or use gradient clipping (trainer.gradient_clip_val)."
-            )
-        on_step = stage == "train"
-        if not on_step or self._logs_train_step():
-            self.log_dict(
-                {f"{stage}/{k}": v.detach() for k, v in terms.items()},
-                on_step=on_step,
-                on_epoch=not on_step,
-                sync_dist=not on_step,
-                batch_size=x.shape[0],
-                prog_bar=False,
-            )
+        out = self.loss_terms(x, stage)
+        logs = stage != "train" or logs_this_step(self)
+        if logs:  # the finiteness check syncs with the host: only on the steps that log
+            check_finite(out, stage, self.global_step)
+            self.log_dict({f"{stage}/{k}": v for k, v in out.logged().items()}, on_step=stage == "train",
+                          on_epoch=stage != "train", sync_dist=stage != "train", batch_size=x.shape[0])
         if stage != "train":
             metrics = self.metrics[stage]
-            metrics.update(reconstruction.detach().clamp(*self.pixel_range).contiguous(), x.contiguous())
+            metrics.update(out.reconstruction.detach().clamp(*self.pixel_range).contiguous(), x.contiguous())
             self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=x.shape[0])
-        return loss
-
-    def _logs_train_step(self) -> bool:
-        """Whether this training step logs its terms.
-
-        ``self.log`` costs about 0.5 ms per key on a CPU (Lightning moves its result state on every call), which
-        is 10-15% of a small model's step. Loggers only write training-step values every
-        ``trainer.log_every_n_steps`` steps, so the terms are logged on exactly those steps (the logger
-        connector's own test), on the last batch of an epoch, on the last step and under ``fast_dev_run``: every
-        logger receives the same values as when logging every step; only ``trainer.callback_metrics`` holds the
-        latest logged step between two of them.
-        """
-        trainer = self._trainer
-        if trainer is None or trainer.fast_dev_run:
-            return True
-        if trainer.is_last_batch or trainer.should_stop or 0 < trainer.max_steps <= self.global_step + 1:
-            return True
-        return bool(getattr(trainer._logger_connector, "should_update_logs", True))
+        return x, out
 
     def on_validation_epoch_start(self) -> None:
         self.metrics["val"].reset()  # re-created in the loop's grad mode: an earlier trainer.validate() ran
@@ -226,13 +246,13 @@ class AutoencoderBase(LightningModule):
         self.metrics["test"].reset()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[1].loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "val")
+        return self._step(batch, "val")[1].loss
 
     def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test")
+        return self._step(batch, "test")[1].loss
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         """Returns ``{"latent", "reconstruction"}`` (and ``"label"`` when the batch has labels)."""
@@ -247,3 +267,13 @@ class AutoencoderBase(LightningModule):
     # ---- optimization --------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         return build_optimization(self.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
+
+
+def check_finite(out: LossOutput, stage: str, step: int) -> None:
+    """Raises ``FloatingPointError`` with every term's value when the loss is NaN or infinite."""
+    if not torch.isfinite(out.loss):
+        values = ", ".join(f"{k}={v.float().mean().item():.4g}" for k, v in out.logged().items())
+        raise FloatingPointError(
+            f"non-finite {stage} loss at global step {step} (checked on the steps that log): {values}. Lower the "
+            "learning rate, check the inputs, or use gradient clipping (trainer.gradient_clip_val)."
+        )

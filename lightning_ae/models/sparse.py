@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import nn
 
-from lightning_ae.losses import Reconstruction, kl_sparsity, l1_sparsity, topk_sparsify
+from lightning_ae.losses import kl_sparsity, l1_sparsity, topk_sparsify
 from lightning_ae.models.autoencoder import Autoencoder
-from lightning_ae.models.base import Network, Stage
+from lightning_ae.models.base import LossOutput, Stage
 
 Sparsity = Literal["l1", "kl", "topk"]
 SPARSITIES: tuple[str, ...] = ("l1", "kl", "topk")
@@ -20,63 +18,35 @@ class SparseAutoencoder(Autoencoder):
     """Sparse autoencoder: reconstruction plus a sparsity constraint on the code ``h = encode(x)``.
 
     * ``l1``: ``h = relu(encoder(x))``, loss ``recon + sparsity_weight * mean |h|``.
-    * ``kl``: ``h = sigmoid(encoder(x))``, loss ``recon + sparsity_weight * sum_j KL(rho || rho_hat_j)`` with
-      ``rho_hat_j`` the batch-mean activation of unit ``j`` (Ng, *Sparse autoencoder* notes; ``sparsity_weight``
-      is beta).
+    * ``kl``: ``h = sigmoid(encoder(x))``, loss ``recon + sparsity_weight * sum_j KL(rho || rho_hat_j)``, ``rho_hat_j``
+      the batch-mean activation of unit ``j`` (Ng, *Sparse autoencoder* notes; ``sparsity_weight`` is beta).
     * ``topk``: ``h = topk(encoder(x), k)``: the ``k`` largest activations of each sample kept, the others zeroed
       (Makhzani & Frey 2013); no penalty, the gradient flows through the kept units.
 
-    Logs ``mean_activation`` (mean of ``h``) and ``active_fraction``: the fraction of units that are active,
-    i.e. non-zero for ``l1`` and ``topk`` (``k / d`` for ``topk``) and above 0.5 for the sigmoid units of ``kl``.
+    Logs ``mean_activation`` (mean of ``h``) and ``active_fraction``, the fraction of active units: non-zero for
+    ``l1`` and ``topk`` (``k / d`` for ``topk``), above 0.5 for the sigmoid units of ``kl``.
 
     Args:
-        encoder: maps images to pre-activation codes ``(B, d)``; ``None`` builds the default for ``network``.
-        decoder: maps codes to images; ``None`` builds the default.
-        latent_dim: size of the code of the default networks.
-        network: default network family, ``mlp`` or ``conv``.
-        image_shape: ``(C, H, W)`` of the images (linked from the datamodule by the CLI).
-        num_classes: classes of the dataset, if any (linked from the datamodule).
-        pixel_range: ``(low, high)`` of pixel values (linked from the datamodule).
-        optimizer: optimizer factory (default: Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
-        reconstruction: ``mse`` or ``bce``.
         sparsity: ``l1``, ``kl`` or ``topk``.
         sparsity_weight: lambda of ``l1``, beta of ``kl`` (unused by ``topk``); >= 0.
         rho: target mean activation of ``kl``, in (0, 1).
-        k: units kept per sample by ``topk``, in [1, code size].
+        k: units kept per sample by ``topk``, in [1, latent_dim].
+        **kwargs: the arguments of :class:`~lightning_ae.models.Autoencoder` (``recon_loss``) and of
+            :class:`~lightning_ae.models.AutoencoderBase`; the encoder gives the pre-activation latents ``(B, d)``.
     """
 
-    def __init__(
-        self,
-        encoder: nn.Module | None = None,
-        decoder: nn.Module | None = None,
-        latent_dim: int = 32,
-        network: Network = "mlp",
-        image_shape: tuple[int, int, int] = (1, 28, 28),
-        num_classes: int | None = None,
-        pixel_range: tuple[float, float] = (0.0, 1.0),
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        reconstruction: Reconstruction = "mse",
-        sparsity: Sparsity = "kl",
-        sparsity_weight: float = 0.1,
-        rho: float = 0.05,
-        k: int = 8,
-    ) -> None:
-        super().__init__(encoder, decoder, latent_dim, network, image_shape, num_classes, pixel_range, optimizer,
-                         lr_scheduler, reconstruction)
+    def __init__(self, sparsity: Sparsity = "kl", sparsity_weight: float = 0.1, rho: float = 0.05, k: int = 8,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if sparsity not in SPARSITIES:
             raise ValueError(f"sparsity must be one of {SPARSITIES}, got {sparsity!r}")
         if sparsity_weight < 0:
             raise ValueError(f"sparsity_weight must be >= 0, got {sparsity_weight}")
         if not 0.0 < rho < 1.0:
             raise ValueError(f"rho must be in (0, 1), got {rho}")
-        if sparsity == "topk" and not 1 <= k <= latent_dim:
-            raise ValueError(f"k must be in [1, latent_dim={latent_dim}], got {k}")
-        self.sparsity = sparsity
-        self.sparsity_weight = sparsity_weight
-        self.rho = rho
-        self.k = k
+        if sparsity == "topk" and not 1 <= k <= self.latent_dim:
+            raise ValueError(f"k must be in [1, latent_dim={self.latent_dim}], got {k}")
+        self.sparsity, self.sparsity_weight, self.rho, self.k = sparsity, sparsity_weight, rho, k
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> sparse codes ``(B, d)`` (relu for ``l1``, sigmoid for ``kl``, top-k for ``topk``)."""
@@ -100,14 +70,10 @@ class SparseAutoencoder(Autoencoder):
         active = code > 0.5 if self.sparsity == "kl" else code != 0
         return active.float().mean()
 
-    def loss_terms(self, x: torch.Tensor, stage: Stage) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        code, recon, x_hat = self.reconstruction_terms(x, x)
+    def loss_terms(self, x: torch.Tensor, stage: Stage) -> LossOutput:
+        code, out = self.reconstruct_from(x, x)
         penalty = self.sparsity_penalty(code)
-        terms = {
-            "loss": recon + self.sparsity_weight * penalty,
-            "recon": recon,
-            "sparsity": penalty,
-            "mean_activation": code.detach().mean(),
-            "active_fraction": self.active_fraction(code.detach()),
-        }
-        return terms, x_hat
+        out.loss = out.loss + self.sparsity_weight * penalty
+        out.terms.update(sparsity=penalty, mean_activation=code.detach().mean(),
+                         active_fraction=self.active_fraction(code.detach()))
+        return out

@@ -94,7 +94,8 @@ class GatedPixelCNN(nn.Module):
         return self.head(h)
 
     @torch.no_grad()
-    def sample(self, n: int, grid_shape: tuple[int, int], temperature: float = 1.0) -> torch.Tensor:
+    def sample(self, n: int, grid_shape: tuple[int, int], generator: torch.Generator | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
         """Draws ``n`` grids ``(n, h, w)`` position by position in raster order."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -105,5 +106,5 @@ class GatedPixelCNN(nn.Module):
         for i in range(grid_shape[0]):
             for j in range(grid_shape[1]):
                 logits = self(grid)[:, :, i, j] / temperature
-                grid[:, i, j] = torch.multinomial(logits.softmax(1), 1).squeeze(1)
+                grid[:, i, j] = torch.multinomial(logits.softmax(1), 1, generator=generator).squeeze(1)
         return grid

@@ -16,12 +16,12 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from torch import nn
 
 from lightning_ae.batch import extract_images, extract_labels
-from lightning_ae.models.base import AutoencoderBase
+from lightning_ae.callbacks.base import is_last_epoch, require_methods
 
 
 @torch.no_grad()
 def encode_batches(
-    model: AutoencoderBase,
+    model: LightningModule,
     batches: Iterable[Any],
     datamodule: LightningDataModule | None = None,
     max_samples: int | None = None,
@@ -105,7 +105,7 @@ class _Standardize(nn.Module):
 
 
 def linear_probe(
-    model: AutoencoderBase,
+    model: LightningModule,
     datamodule: LightningDataModule,
     num_classes: int | None = None,
     weight_decay: float = 1e-4,
@@ -176,25 +176,17 @@ class LinearProbe(Callback):
         self.name = name
         self.accuracy: float | None = None
 
-    @staticmethod
-    def _is_last_epoch(trainer: Trainer) -> bool:
-        if trainer.should_stop:
-            return True
-        max_epochs = trainer.max_epochs
-        if max_epochs is not None and 0 <= max_epochs <= trainer.current_epoch + 1:
-            return True
-        return trainer.max_steps is not None and 0 <= trainer.max_steps <= trainer.global_step
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        require_methods(self, pl_module, ("encode",))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
-        if not (due or self._is_last_epoch(trainer)):
+        if not (due or is_last_epoch(trainer)):
             return
         if trainer.datamodule is None:
             raise ValueError("LinearProbe needs the trainer's datamodule (trainer.fit(model, datamodule=...))")
         if not trainer.is_global_zero:
             return
-        if not isinstance(pl_module, AutoencoderBase):
-            raise TypeError(f"LinearProbe needs an AutoencoderBase (for encode), got {type(pl_module).__name__}")
         self.accuracy = linear_probe(pl_module, trainer.datamodule, self.num_classes, self.weight_decay,
                                      self.max_iter, self.max_train_samples)
         pl_module.log(self.name, self.accuracy, on_step=False, on_epoch=True, rank_zero_only=True)
