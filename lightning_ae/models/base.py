@@ -19,6 +19,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from lightning_ae.batch import check_image_shape, extract_images, extract_labels
 from lightning_ae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from lightning_ae.pretrained import PretrainedMixin
 
 
 def _allow_optimizer_classes_in_checkpoints() -> None:
@@ -55,7 +56,7 @@ Network = Literal["mlp", "conv"]
 Stage = Literal["train", "val", "test"]
 
 
-class AutoencoderBase(LightningModule):
+class AutoencoderBase(PretrainedMixin, LightningModule):
     """Base LightningModule of the autoencoders.
 
     Args:

@@ -20,6 +20,7 @@ from lightning_ae.batch import extract_images
 from lightning_ae.models.base import Stage, build_optimization
 from lightning_ae.models.vqvae import VQVAE
 from lightning_ae.nets.pixelcnn import GatedPixelCNN
+from lightning_ae.pretrained import PretrainedMixin
 
 # the VQ-VAE rebuilt from a prior checkpoint, set while PixelCNNPrior.load_from_checkpoint runs
 _EMBEDDED_VQVAE: ContextVar[VQVAE | None] = ContextVar("_EMBEDDED_VQVAE", default=None)
@@ -35,7 +36,7 @@ def _embedded_vqvae(checkpoint: dict[str, Any]) -> VQVAE | None:
     return _load_state(VQVAE, {"hyper_parameters": dict(hparams), "state_dict": state}, strict=True)
 
 
-class PixelCNNPrior(LightningModule):
+class PixelCNNPrior(PretrainedMixin, LightningModule):
     """Stage two of the VQ-VAE: a gated PixelCNN trained on the codes of a frozen VQ-VAE, computed on the fly.
 
     Logs ``{stage}/loss`` (the NLL in nats per code) and ``{stage}/bits_per_dim`` (the NLL of a whole code grid
@@ -47,7 +48,8 @@ class PixelCNNPrior(LightningModule):
     on, without reading ``vqvae_checkpoint`` (which may since have moved, or been overwritten by a new run).
 
     Args:
-        vqvae_checkpoint: path of a trained :class:`VQVAE` checkpoint (``lightning-ae fit`` writes one).
+        vqvae_checkpoint: path of a trained :class:`VQVAE` checkpoint (``lightning-ae fit`` writes one) or model
+            folder (``save_pretrained``).
         channels: feature channels of the PixelCNN.
         num_layers: gated layers of the PixelCNN.
         kernel_size: odd kernel size of the gated layers.
@@ -57,6 +59,8 @@ class PixelCNNPrior(LightningModule):
         optimizer: optimizer factory for the PixelCNN (default: Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory (monitors ``val/loss``).
     """
+
+    pretrained_submodels = {"vqvae_checkpoint": "vqvae"}  # save_pretrained: the VQ-VAE as the folder's vqvae/
 
     def __init__(
         self,
@@ -96,6 +100,8 @@ class PixelCNNPrior(LightningModule):
         embedded = _EMBEDDED_VQVAE.get()
         if embedded is not None:  # loading a prior checkpoint that holds its VQ-VAE
             return embedded
+        if Path(path).is_dir():  # a model folder (save_pretrained writes the prior's VQ-VAE as one)
+            return VQVAE.from_pretrained(path)
         if not Path(path).is_file():
             raise FileNotFoundError(f"vqvae_checkpoint {path!r} does not exist: train the VQ-VAE first "
                                     "(lightning-ae fit --config configs/<dataset>/vqvae.yaml)")
