@@ -337,3 +337,40 @@ def export_model(
     path = out / SIDECAR
     _write_json(path, meta)
     return path
+
+
+# ---- the command line --------------------------------------------------------------------------------------------
+def export_command(
+    ckpt_path: str, out: str, format: Format = "onnx", model: str | None = None, verify: bool = True,
+    atol: float = 1e-4, opset: int = 17,
+) -> Path:
+    """``lightning-ae export``: exports the encoder and decoder of a checkpoint or model folder.
+
+    Args:
+        ckpt_path: a checkpoint written by ``lightning-ae fit``, or a model folder (``save_pretrained``).
+        out: output folder.
+        format: ``onnx`` or ``torchscript``.
+        model: model class (e.g. ``VAE``) of a checkpoint that does not name one (not written by the CLI).
+        verify: run the exported graphs and compare them with the model.
+        atol: largest allowed absolute difference of float outputs when verifying.
+        opset: ONNX opset version.
+    """
+    from lightning_ae.pretrained import load_model
+
+    path = export_model(load_model(ckpt_path, model), out, format, verify, atol, opset)
+    files = [g["file"] for g in json.loads(path.read_text())["graphs"].values()]
+    print(f"exported {ckpt_path} ({format}) to {path.parent}: {', '.join(files)}, {path.name}")
+    return path
+
+
+def export_main(args: Sequence[str]) -> None:
+    """Parses ``lightning-ae export`` arguments and runs :func:`export_command`; an error is one line, exit 1."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="lightning-ae export", description=export_command.__doc__)
+    parser.add_function_arguments(export_command, as_group=False)
+    cfg = parser.parse_args(list(args))
+    try:
+        export_command(**cfg.as_dict())
+    except (ExportError, ImportError, ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"lightning-ae export: error: {err}") from None

@@ -208,6 +208,21 @@ def local_folder(source: str | Path, revision: str | None = None) -> Path:
                                       allow_patterns=["*.json", "*.safetensors", "*.md"]))
 
 
+def folder_config(folder: str | Path, base: type = LightningModule) -> dict[str, Any]:
+    """The checked ``config.json`` of a model folder, with the paths of its submodel folders made absolute.
+
+    Raises:
+        ValueError: for a config naming a class outside the allowed packages, or not a ``base``.
+    """
+    folder = Path(folder)
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    check_config(config)
+    cls = resolve_class(config.get("class_path", ""), base)
+    for arg, attribute in getattr(cls, "pretrained_submodels", {}).items():
+        config["init_args"][arg] = str((folder / attribute).resolve())
+    return config
+
+
 def load_pretrained(
     source: str | Path, base: type[M] = LightningModule, map_location: Any = None, revision: str | None = None,  # type: ignore[assignment]
 ) -> M:
@@ -224,12 +239,7 @@ def load_pretrained(
         FileNotFoundError: for a missing folder or file.
     """
     folder = local_folder(source, revision)
-    config = json.loads((folder / CONFIG_NAME).read_text())
-    check_config(config)
-    cls = resolve_class(config.get("class_path", ""), base)
-    for arg, attribute in getattr(cls, "pretrained_submodels", {}).items():
-        config["init_args"][arg] = str(folder / attribute)
-    model = from_config(config, base)
+    model = from_config(folder_config(folder, base), base)
     _require("safetensors.torch").load_model(model, str(folder / WEIGHTS_NAME), strict=True)
     return model.to(map_location or "cpu").eval()
 
