@@ -102,23 +102,26 @@ def main(args: ArgsType = None) -> None:
     from_argv = args is None
     args = sys.argv[1:] if from_argv else args
     if not isinstance(args, list | tuple):  # a dict or Namespace config: passed on as it is
-        return _run_cli(args)
+        build_cli(args)
+        return None
     if args[:1] == ["export"]:
         from lightning_ae.export import export_main
 
         return export_main(args[1:])
     with resolve_model_source(args) as resolved:
         if not from_argv:
-            return _run_cli(resolved)
+            build_cli(resolved)
+            return None
         argv, sys.argv = sys.argv, [sys.argv[0], *resolved]  # LightningCLI reads sys.argv (args= would warn)
         try:
-            _run_cli(None)
+            build_cli(None)
         finally:
             sys.argv = argv
 
 
-def _run_cli(args: ArgsType) -> None:
-    LightningAECLI(
+def build_cli(args: ArgsType = None, run: bool = True) -> LightningAECLI:
+    """The ``lightning-ae`` CLI on ``args``; with ``run=False`` it only builds the model, data and trainer."""
+    return LightningAECLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -126,4 +129,5 @@ def _run_cli(args: ArgsType) -> None:
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
