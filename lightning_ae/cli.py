@@ -7,8 +7,15 @@ A Rich progress bar and model summary are added unless the config brings its own
 
 from __future__ import annotations
 
+import json
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar, RichModelSummary, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -22,6 +29,10 @@ class LightningAECLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for attr in ("image_shape", "num_classes", "pixel_range"):
             parser.link_arguments(f"data.{attr}", f"model.init_args.{attr}", apply_on="instantiate")
+        add_save_pretrained_argument(parser)
+
+    def after_fit(self) -> None:
+        save_pretrained_after_fit(self.trainer, self.model, self.config.fit.get("save_pretrained"))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Adds :func:`rich_defaults` to the configured ``trainer.callbacks`` (which stay as they are)."""
@@ -41,9 +52,76 @@ def rich_defaults(trainer_config: dict[str, Any], callbacks: list[Callback]) -> 
     return defaults
 
 
+# ---- shipping a trained model (issue 17): export, model folders -------------------------------------------------
+def add_save_pretrained_argument(parser: LightningArgumentParser) -> None:
+    """``--save_pretrained DIR``: ``fit`` writes the trained model as a model folder (``save_pretrained``)."""
+    parser.add_argument("--save_pretrained", type=str | None, default=None,
+                        help="fit only: write the trained model to this folder (config.json + model.safetensors)")
+
+
+def save_pretrained_after_fit(trainer: Trainer, model: LightningModule, directory: str | None) -> None:
+    """Writes ``model`` as a model folder at the end of ``fit`` (on global rank zero) when ``directory`` is set."""
+    if directory and trainer.is_global_zero:
+        model.save_pretrained(directory)
+        print(f"model folder written to {directory}")
+
+
+@contextmanager
+def resolve_model_source(args: Sequence[str]) -> Iterator[list[str]]:
+    """The arguments with a model folder given as ``--ckpt_path DIR`` replaced by what LightningCLI reads: the
+    folder's model config (``--model``, appended, so it overrides a config file's model) and a Lightning
+    checkpoint of its weights, written to a temporary folder that lives while the command runs."""
+    from lightning_ae.pretrained import WEIGHTS_NAME, folder_config, is_model_folder
+
+    args = list(args)
+    index = next((i for i, a in enumerate(args) if a == "--ckpt_path" or a.startswith("--ckpt_path=")), None)
+    if index is None:
+        yield args
+        return
+    value_at = index if "=" in args[index] else index + 1
+    folder = args[value_at].removeprefix("--ckpt_path=") if value_at < len(args) else ""
+    if not folder or not is_model_folder(folder):
+        yield args
+        return
+    import lightning
+    from safetensors.torch import load_file
+
+    with tempfile.TemporaryDirectory(prefix="lightning-ae-") as tmp:
+        config, ckpt = Path(tmp) / "model.json", Path(tmp) / "model.ckpt"
+        config.write_text(json.dumps(folder_config(folder)))
+        state = {"state_dict": load_file(str(Path(folder) / WEIGHTS_NAME)), "pytorch-lightning_version":
+                 lightning.__version__}
+        torch.save(state, ckpt)
+        args[index:value_at + 1] = ["--ckpt_path", str(ckpt)]
+        yield [*args, "--model", str(config)]
+
+
 def main(args: ArgsType = None) -> None:
-    """Entry point of ``lightning-ae`` and ``python -m lightning_ae``."""
-    LightningAECLI(
+    """Entry point of ``lightning-ae`` and ``python -m lightning_ae``; ``lightning-ae export ...`` exports a model
+    (:func:`lightning_ae.export.export_main`), ``--ckpt_path`` takes a model folder too."""
+    from_argv = args is None
+    args = sys.argv[1:] if from_argv else args
+    if not isinstance(args, list | tuple):  # a dict or Namespace config: passed on as it is
+        build_cli(args)
+        return None
+    if args[:1] == ["export"]:
+        from lightning_ae.export import export_main
+
+        return export_main(args[1:])
+    with resolve_model_source(args) as resolved:
+        if not from_argv:
+            build_cli(resolved)
+            return None
+        argv, sys.argv = sys.argv, [sys.argv[0], *resolved]  # LightningCLI reads sys.argv (args= would warn)
+        try:
+            build_cli(None)
+        finally:
+            sys.argv = argv
+
+
+def build_cli(args: ArgsType = None, run: bool = True) -> LightningAECLI:
+    """The ``lightning-ae`` CLI on ``args``; with ``run=False`` it only builds the model, data and trainer."""
+    return LightningAECLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -51,4 +129,5 @@ def main(args: ArgsType = None) -> None:
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )

@@ -224,7 +224,8 @@ class VectorQuantizer(nn.Module):
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices ``(B, *spatial)`` -> codes ``(B, D, *spatial)`` (or ``(N,)`` -> ``(N, D)``)."""
         codes = F.embedding(indices, self.codes())
-        return codes.movedim(-1, 1) if indices.ndim > 1 else codes
+        # a non-negative source dim: ONNX's legacy exporter writes an invalid Transpose for movedim(-1, 1)
+        return codes.movedim(indices.ndim, 1) if indices.ndim > 1 else codes
 
     def _flatten(self, z: torch.Tensor) -> torch.Tensor:
         if z.ndim < 2 or z.shape[1] != self.code_dim:

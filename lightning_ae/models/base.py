@@ -23,6 +23,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from lightning_ae.batch import check_image_shape, extract_images, extract_labels
 from lightning_ae.nets import Network, check_network, default_networks
+from lightning_ae.pretrained import PretrainedMixin
 
 
 def _allow_optimizer_classes_in_checkpoints() -> None:
@@ -103,7 +104,7 @@ class LossOutput:
         return {k: v.detach() for k, v in self.as_dict().items()}
 
 
-class AutoencoderBase(LightningModule):
+class AutoencoderBase(PretrainedMixin, LightningModule):
     """Base LightningModule of the autoencoders.
 
     Args:

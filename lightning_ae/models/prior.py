@@ -4,6 +4,7 @@ PixelCNN over the grid of code indices of a frozen, trained :class:`VQVAE`, so t
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from lightning_ae.batch import extract_images
 from lightning_ae.models.base import Stage, build_optimization
 from lightning_ae.models.vqvae import VQVAE
 from lightning_ae.nets.pixelcnn import GatedPixelCNN
+from lightning_ae.pretrained import PretrainedMixin
 
 
 def build_vqvae(hparams: dict[str, Any]) -> VQVAE:
@@ -30,7 +32,11 @@ def build_vqvae(hparams: dict[str, Any]) -> VQVAE:
 
 
 def load_vqvae(path: str) -> tuple[VQVAE, dict[str, Any]]:
-    """The trained :class:`VQVAE` of checkpoint ``path`` and its hyperparameters, the file read once."""
+    """The trained :class:`VQVAE` of checkpoint or model folder ``path`` and its hyperparameters (a checkpoint is
+    read once)."""
+    if Path(path).is_dir():  # a model folder (save_pretrained writes the prior's VQ-VAE as one)
+        vqvae = VQVAE.from_pretrained(path)
+        return vqvae, dict(vqvae.hparams)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
@@ -42,7 +48,7 @@ def load_vqvae(path: str) -> tuple[VQVAE, dict[str, Any]]:
     return vqvae, hparams
 
 
-class PixelCNNPrior(LightningModule):
+class PixelCNNPrior(PretrainedMixin, LightningModule):
     """Stage two of the VQ-VAE: a gated PixelCNN trained on the codes of a frozen VQ-VAE, computed on the fly.
 
     Logs ``{stage}/loss`` (the NLL in nats per code) and ``{stage}/bits_per_dim`` (the NLL of a whole code grid
@@ -54,7 +60,8 @@ class PixelCNNPrior(LightningModule):
     ``vqvae_checkpoint`` (which may since have moved, or been overwritten by a new run).
 
     Args:
-        vqvae_checkpoint: path of a trained :class:`VQVAE` checkpoint (``lightning-ae fit`` writes one).
+        vqvae_checkpoint: path of a trained :class:`VQVAE` checkpoint (``lightning-ae fit`` writes one) or model
+            folder (``save_pretrained``).
         vqvae_hparams: the VQ-VAE's hyperparameters, filled in from ``vqvae_checkpoint`` (leave it unset); when
             given, the VQ-VAE is built from them and ``vqvae_checkpoint`` is not read (its weights then come
             from the prior's own checkpoint).
@@ -67,6 +74,9 @@ class PixelCNNPrior(LightningModule):
         optimizer: optimizer factory for the PixelCNN (default: Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory (monitors ``val/loss``).
     """
+
+    pretrained_submodels = {"vqvae_checkpoint": "vqvae"}  # save_pretrained: the VQ-VAE as the folder's vqvae/
+    pretrained_derived = ("vqvae_hparams",)  # ...whose hyperparameters it holds
 
     def __init__(
         self,

@@ -1,0 +1,197 @@
+"""One command for the README's results table: trains every variant with its config, scores it, runs the
+throughput benchmarks, and rewrites the table between the README's ``RESULTS-TABLE`` markers.
+
+Per variant and dataset (``configs/<dataset>/<variant>.yaml``, trained by ``lightning-ae fit`` as a subprocess,
+the command in the row): test MSE, PSNR and SSIM (torchmetrics), linear-probe accuracy
+(:func:`lightning_ae.linear_probe`), the VAE's importance-weighted test NLL, the VQ-VAE's test codebook perplexity
+and fraction of codes used. Then ``benchmarks/throughput.py`` (Autoencoder, ratio to a hand-written loop) and
+``benchmarks/vae_throughput.py`` (VAE, ratios to the loop and to pythae when installed), each as a subprocess,
+their own output parsed. Every row names the machine. Logs go to ``--work``.
+
+    LIGHTNING_AE_DATA=../shared/data LIGHTNING_AE_CIFAR10=.cache/cifar python benchmarks/run_all.py
+    python benchmarks/run_all.py --quick          # fewer steps, MNIST only (under 15 minutes on 2 CPU cores)
+    python benchmarks/run_all.py --smoke --data-dir TINY --readme /tmp/README.md   # seconds: the tests' smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from torchmetrics.image import StructuralSimilarityIndexMeasure
+
+from lightning_ae import linear_probe
+from lightning_ae.cli import build_cli
+from lightning_ae.pretrained import load_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("ae", "dae", "sae", "cae", "vae", "vqvae")
+START, END = "<!-- RESULTS-TABLE:START -->", "<!-- RESULTS-TABLE:END -->"
+MODES = {  # fit steps per variant, throughput steps/repeats, datasets, IW samples of the VAE NLL
+    "full": {"steps": 3000, "tp_steps": 100, "tp_repeats": 9, "datasets": ("mnist", "cifar10"), "iw": 1000},
+    "quick": {"steps": 300, "tp_steps": 50, "tp_repeats": 3, "datasets": ("mnist",), "iw": 100},
+    "smoke": {"steps": 2, "tp_steps": 20, "tp_repeats": 1, "datasets": ("mnist",), "iw": 2,
+              "data": ["--data.val_size", "16", "--data.batch_size", "16"]},
+}
+
+
+def machine() -> str:
+    """The machine in words: CPU or GPU, cores, torch."""
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or "CPU")
+    return f"{device}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def run(command: list[str], log: Path) -> str:
+    """Runs ``command`` from the repository root, its output to ``log``; returns stdout (raises on failure)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    log.write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command)} failed ({result.returncode}); see {log}")
+    return result.stdout
+
+
+def data_args(dataset: str, args: argparse.Namespace) -> list[str]:
+    folder = args.data_dir if dataset == "mnist" else args.cifar_dir
+    return ["--data.data_dir", str(folder), "--data.download", "false", *MODES[args.mode].get("data", [])]
+
+
+def fit_command(dataset: str, variant: str, steps: int, work: Path, args: argparse.Namespace) -> list[str]:
+    """The ``lightning-ae fit`` of one variant: its config, ``steps`` steps, a model folder in ``work``."""
+    return [sys.executable, "-m", "lightning_ae", "fit", "--config", f"configs/{dataset}/{variant}.yaml",
+            *data_args(dataset, args), "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1",
+            "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(work), "--save_pretrained", str(work / "model")]
+
+
+def ssim(model: Any, datamodule: Any) -> float:
+    """SSIM of the test reconstructions (torchmetrics), images clamped to the pixel range."""
+    low, high = model.pixel_range
+    metric = StructuralSimilarityIndexMeasure(data_range=(low, high))
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            x, _ = datamodule.on_after_batch_transfer(batch, 0)
+            metric.update(model(x).clamp(low, high), x)
+    return float(metric.compute())
+
+
+def score(dataset: str, variant: str, work: Path, iw: int, args: argparse.Namespace) -> dict[str, float]:
+    """Test metrics of the model folder in ``work``, on the datamodule of its config."""
+    cli = build_cli(["--config", f"configs/{dataset}/{variant}.yaml", *data_args(dataset, args)], run=False)
+    datamodule = cli.datamodule
+    model = load_pretrained(work / "model")
+    if hasattr(model, "iw_samples"):
+        model.iw_samples = iw
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    metrics = {k: float(v) for k, v in trainer.test(model, datamodule=datamodule, verbose=False)[0].items()}
+    metrics["test/ssim"] = ssim(model.eval(), datamodule)
+    metrics["probe"] = linear_probe(model, datamodule, max_train_samples=10_000)
+    return metrics
+
+
+def throughput_rows(mode: dict[str, Any], work: Path, args: argparse.Namespace) -> list[dict[str, str]]:
+    """Rows of ``throughput.py`` and ``vae_throughput.py`` (their output parsed), ratio to the loop and peers."""
+    steps, repeats = str(mode["tp_steps"]), str(mode["tp_repeats"])
+    command = [sys.executable, "benchmarks/throughput.py", "--steps", steps, "--repeats", repeats,
+               "--data-dir", str(args.data_dir)]
+    out = run(command, work / "throughput.log")
+    ratio = re.search(r"ratio ours/loop \(wall clock\): ([\d.]+)", out)
+    rows = [{"variant": "Autoencoder (MLP, BCE)", "dataset": "MNIST",
+             "throughput": f"{float(ratio.group(1)):.2f}x loop" if ratio else "n/a", "command": shlex.join(command)}]
+    if args.skip_vae_throughput:
+        return rows
+    command = [sys.executable, "-m", "benchmarks.vae_throughput", "--reps", repeats, "--epochs", "1"]
+    try:
+        import pythae  # noqa: F401
+    except ImportError:
+        command.append("--no-pythae")
+    out = run(command, work / "vae_throughput.log")
+    result = json.loads(out[out.index("{"):])
+    ratios = result.get("ratio_to_loop_wall", next(v for k, v in result.items() if k.startswith("ratio_to_loop")))
+    text = ", ".join(f"{v:.2f}x {k}" for k, v in ratios.items() if k != "ours")
+    rows.append({"variant": "VAE (MLP)", "dataset": "MNIST", "throughput": f"ours = {text}" if text else "n/a",
+                 "command": shlex.join(command)})
+    return rows
+
+
+def fmt(metrics: dict[str, float], key: str, spec: str) -> str:
+    return format(metrics[key], spec) if key in metrics else ""
+
+
+def table(rows: list[dict[str, str]], where: str) -> str:
+    """The markdown table of all rows, with the machine and how it was made."""
+    head = ["variant", "dataset", "test MSE", "PSNR", "SSIM", "probe acc.", "VAE NLL", "VQ perplexity",
+            "VQ codes used", "train images/s", "command"]
+    lines = [f"Machine: {where}. Written by `python benchmarks/run_all.py {' '.join(sys.argv[1:])}`.", "",
+             "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    keys = ["variant", "dataset", "mse", "psnr", "ssim", "probe", "nll", "perplexity", "used", "throughput"]
+    for row in rows:
+        lines.append("| " + " | ".join(row.get(k, "") for k in keys) + f" | `{row['command']}` |")
+    return "\n".join(lines)
+
+
+def variant_row(dataset: str, variant: str, command: list[str], m: dict[str, float]) -> dict[str, str]:
+    return {"variant": variant, "dataset": dataset, "mse": fmt(m, "test/mse", ".4f"),
+            "psnr": fmt(m, "test/psnr", ".2f"), "ssim": fmt(m, "test/ssim", ".3f"), "probe": fmt(m, "probe", ".3f"),
+            "nll": fmt(m, "test/nll", ".2f"), "perplexity": fmt(m, "test/usage_perplexity", ".1f"),
+            "used": fmt(m, "test/usage_used_fraction", ".2f"), "command": shlex.join(command[1:])}
+
+
+def write_table(readme: Path, text: str) -> None:
+    """Replaces what lies between the markers of ``readme`` with ``text`` (temporary file, then rename)."""
+    content = readme.read_text()
+    if START not in content or END not in content:
+        raise SystemExit(f"{readme} lacks the markers {START} and {END}")
+    before, rest = content.split(START, 1)
+    after = rest.split(END, 1)[1]
+    tmp = readme.with_name(f".{readme.name}.tmp")
+    tmp.write_text(f"{before}{START}\n{text}\n{END}{after}")
+    os.replace(tmp, readme)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="fewer steps, MNIST only")
+    group.add_argument("--smoke", action="store_true", help="2 steps: checks that everything runs (tests)")
+    parser.add_argument("--data-dir", default=os.environ.get("LIGHTNING_AE_DATA"), help="folder with MNIST/raw")
+    parser.add_argument("--cifar-dir", default=os.environ.get("LIGHTNING_AE_CIFAR10"))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--work", type=Path, default=None, help="runs and logs (default: a temporary folder)")
+    parser.add_argument("--skip-vae-throughput", action="store_true")
+    args = parser.parse_args()
+    if not args.data_dir:
+        parser.error("set LIGHTNING_AE_DATA or --data-dir to the folder holding MNIST/raw")
+    os.environ["LIGHTNING_AE_DATA"] = str(args.data_dir)  # what vae_throughput.py reads
+    args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    mode = MODES[args.mode]
+    datasets = [d for d in mode["datasets"] if d == "mnist" or args.cifar_dir]
+    work = args.work or Path(tempfile.mkdtemp(prefix="run_all-"))
+    rows = []
+    for dataset in datasets:
+        for variant in args.variants:
+            folder = work / dataset / variant
+            folder.mkdir(parents=True, exist_ok=True)
+            command = fit_command(dataset, variant, mode["steps"], folder, args)
+            run(command, folder / "fit.log")
+            rows.append(variant_row(dataset, variant, command, score(dataset, variant, folder, mode["iw"], args)))
+            print(json.dumps(rows[-1]), flush=True)
+    rows += throughput_rows(mode, work, args)
+    write_table(args.readme, table(rows, machine()))
+    print(f"results table written to {args.readme}; runs in {work}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Smoke run of benchmarks/run_all.py (slow suite): it trains, scores, runs the throughput benchmarks and writes
+the results table between the markers of a README copy. No timing is asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_mnist
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.mark.slow
+def test_run_all_smoke_writes_the_table(tmp_path: Path) -> None:
+    write_mnist(tmp_path / "data", n_train=5400, n_test=64)  # the benchmarks hold out 5,000 for validation
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- RESULTS-TABLE:START -->\nold\n<!-- RESULTS-TABLE:END -->\nafter\n")
+    result = subprocess.run(
+        [sys.executable, "benchmarks/run_all.py", "--smoke", "--variants", "ae", "vqvae", "--data-dir",
+         str(tmp_path / "data"), "--readme", str(readme), "--work", str(tmp_path / "work")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("# x\n") and text.endswith("<!-- RESULTS-TABLE:END -->\nafter\n")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split(" | ")[0] for r in rows] == ["| ae", "| vqvae", "| Autoencoder (MLP, BCE)", "| VAE (MLP)"]
+    assert "configs/mnist/vqvae.yaml" in rows[1] and "Machine:" in text
+    assert rows[1].split(" | ")[7]  # VQ perplexity filled for the VQ-VAE
