@@ -20,6 +20,7 @@ from lightning_ae.batch import extract_images
 from lightning_ae.models.base import Stage, build_optimization
 from lightning_ae.models.vqvae import VQVAE
 from lightning_ae.nets.pixelcnn import GatedPixelCNN
+from lightning_ae.resume import restore_rng_states, save_rng_states
 
 # the VQ-VAE rebuilt from a prior checkpoint, set while PixelCNNPrior.load_from_checkpoint runs
 _EMBEDDED_VQVAE: ContextVar[VQVAE | None] = ContextVar("_EMBEDDED_VQVAE", default=None)
@@ -103,6 +104,10 @@ class PixelCNNPrior(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vqvae_hyper_parameters"] = dict(self.vqvae.hparams)
+        save_rng_states(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_rng_states(self, checkpoint)
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
