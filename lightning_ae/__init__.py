@@ -4,6 +4,7 @@ from lightning_ae.callbacks import (
     CodebookUsageMonitor,
     LatentInterpolation,
     LatentSpaceVisualizer,
+    PredictionWriter,
     ReconstructionGrid,
     SampleGrid,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "LinearProbe",
     "MNISTDataModule",
     "PixelCNNPrior",
+    "PredictionWriter",
     "ReconstructionGrid",
     "SampleGrid",
     "SparseAutoencoder",

@@ -2,7 +2,8 @@
 
 ``lightning-ae fit --config configs/mnist/ae.yaml``; ``--model VAE`` / ``--data CIFAR10DataModule`` pick classes
 by short name; the datamodule's ``image_shape``, ``num_classes`` and ``pixel_range`` are linked into the model.
-A Rich progress bar and model summary are added unless the config brings its own or disables them.
+A Rich progress bar and model summary are added unless the config brings its own or disables them; ``predict``
+writes its predictions to ``<log_dir>/predictions.pt`` (:class:`~lightning_ae.callbacks.PredictionWriter`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,17 @@ import sys
 from typing import Any
 
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelSummary, ProgressBar, RichModelSummary, RichProgressBar
+from lightning.pytorch.callbacks import (
+    BasePredictionWriter,
+    ModelSummary,
+    ProgressBar,
+    RichModelSummary,
+    RichProgressBar,
+)
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 import lightning_ae  # noqa: F401  (imports every model and datamodule so short class names resolve)
+from lightning_ae.callbacks.predictions import PredictionWriter
 from lightning_ae.cli_checks import CLIInputError, check_ckpt_path, check_class_arguments, instantiation_error
 
 DEBUG_ENV = "LIGHTNING_AE_DEBUG"
@@ -49,7 +57,8 @@ class LightningAECLI(LightningCLI):
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
-        return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks + rich_defaults(config, callbacks)})
+        defaults = rich_defaults(config, callbacks) + prediction_writer_default(self.subcommand, callbacks)
+        return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks + defaults})
 
 
 def rich_defaults(trainer_config: dict[str, Any], callbacks: list[Callback]) -> list[Callback]:
@@ -60,6 +69,13 @@ def rich_defaults(trainer_config: dict[str, Any], callbacks: list[Callback]) -> 
         if trainer_config.get(enabled) is not False and not any(isinstance(c, kind) for c in callbacks):
             defaults.append(default())
     return defaults
+
+
+def prediction_writer_default(subcommand: str | None, callbacks: list[Callback]) -> list[Callback]:
+    """``[PredictionWriter()]`` for ``predict`` unless ``callbacks`` hold a prediction writer already."""
+    if subcommand != "predict" or any(isinstance(c, BasePredictionWriter) for c in callbacks):
+        return []
+    return [PredictionWriter()]
 
 
 def check_parsed_ckpt_path(config: Any) -> None:

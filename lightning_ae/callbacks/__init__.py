@@ -8,11 +8,13 @@ from lightning_ae.callbacks.grid import make_grid
 from lightning_ae.callbacks.images import LatentInterpolation, ReconstructionGrid, SampleGrid
 from lightning_ae.callbacks.latent import LatentSpaceVisualizer, pca_2d, project_2d, scatter_figure
 from lightning_ae.callbacks.logging import log_image
+from lightning_ae.callbacks.predictions import PredictionWriter
 
 __all__ = [
     "CodebookUsageMonitor",
     "LatentInterpolation",
     "LatentSpaceVisualizer",
+    "PredictionWriter",
     "ReconstructionGrid",
     "SampleGrid",
     "log_image",
