@@ -2,12 +2,14 @@
 
 ``lightning-ae fit --config configs/mnist/ae.yaml``; ``--model VAE`` / ``--data CIFAR10DataModule`` pick classes
 by short name; the datamodule's ``image_shape``, ``num_classes`` and ``pixel_range`` are linked into the model.
-A Rich progress bar and model summary are added unless the config brings its own or disables them.
+A Rich progress bar and model summary are added unless the config brings its own or disables them; ``predict``
+writes its predictions to ``<log_dir>/predictions.pt`` (:class:`~lightning_ae.callbacks.PredictionWriter`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -17,10 +19,21 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelSummary, ProgressBar, RichModelSummary, RichProgressBar
+from lightning.pytorch.callbacks import (
+    BasePredictionWriter,
+    ModelSummary,
+    ProgressBar,
+    RichModelSummary,
+    RichProgressBar,
+)
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 import lightning_ae  # noqa: F401  (imports every model and datamodule so short class names resolve)
+from lightning_ae.callbacks.predictions import PredictionWriter
+from lightning_ae.cli_checks import CLIInputError, check_ckpt_path, check_class_arguments, instantiation_error
+
+DEBUG_ENV = "LIGHTNING_AE_DEBUG"
+"""Set to 1 (or pass ``--debug``) to see the traceback of a refused input instead of one line."""
 
 
 class LightningAECLI(LightningCLI):
@@ -34,12 +47,29 @@ class LightningAECLI(LightningCLI):
     def after_fit(self) -> None:
         save_pretrained_after_fit(self.trainer, self.model, self.config.fit.get("save_pretrained"))
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parses, then checks ``--ckpt_path`` (before Lightning reads it, and before any data)."""
+        super().parse_arguments(parser, args)
+        check_parsed_ckpt_path(self.config)
+
+    def instantiate_classes(self) -> None:
+        """Builds the classes; a value an ``__init__`` refuses becomes one :class:`CLIInputError` line."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            refused = instantiation_error(err)
+            if refused is None:
+                raise
+            raise refused from err
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Adds :func:`rich_defaults` to the configured ``trainer.callbacks`` (which stay as they are)."""
-        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        section = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        config = {**(section.get("trainer") or {}), **kwargs}
         callbacks = config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
-        return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks + rich_defaults(config, callbacks)})
+        defaults = rich_defaults(config, callbacks) + prediction_writer_default(self.subcommand, callbacks)
+        return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks + defaults})
 
 
 def rich_defaults(trainer_config: dict[str, Any], callbacks: list[Callback]) -> list[Callback]:
@@ -50,6 +80,23 @@ def rich_defaults(trainer_config: dict[str, Any], callbacks: list[Callback]) -> 
         if trainer_config.get(enabled) is not False and not any(isinstance(c, kind) for c in callbacks):
             defaults.append(default())
     return defaults
+
+
+def prediction_writer_default(subcommand: str | None, callbacks: list[Callback]) -> list[Callback]:
+    """``[PredictionWriter()]`` for ``predict`` unless ``callbacks`` hold a prediction writer already."""
+    if subcommand != "predict" or any(isinstance(c, BasePredictionWriter) for c in callbacks):
+        return []
+    return [PredictionWriter()]
+
+
+def check_parsed_ckpt_path(config: Any) -> None:
+    """:func:`check_ckpt_path` on the parsed config's subcommand (``--ckpt_path`` against ``model.class_path``)."""
+    subcommand = config.get("subcommand")
+    if not subcommand:
+        return
+    section = config[subcommand]
+    model = section.get("model")
+    check_ckpt_path(section.get("ckpt_path"), getattr(model, "class_path", None))
 
 
 # ---- shipping a trained model (issue 17): export, model folders -------------------------------------------------
@@ -97,26 +144,47 @@ def resolve_model_source(args: Sequence[str]) -> Iterator[list[str]]:
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of ``lightning-ae`` and ``python -m lightning_ae``; ``lightning-ae export ...`` exports a model
-    (:func:`lightning_ae.export.export_main`), ``--ckpt_path`` takes a model folder too."""
+    """Entry point of ``lightning-ae`` and ``python -m lightning_ae``.
+
+    ``lightning-ae export ...`` exports a model (:func:`lightning_ae.export.export_main`); ``--ckpt_path`` takes a
+    model folder too. Bad input (an unknown ``--model``/``--data`` name, a value a class refuses, a ``--ckpt_path``
+    that is not a checkpoint of the model) ends with one line on stderr and exit status 2; ``--debug`` or
+    ``LIGHTNING_AE_DEBUG=1`` raise it with its traceback instead.
+    """
     from_argv = args is None
-    args = sys.argv[1:] if from_argv else args
-    if not isinstance(args, list | tuple):  # a dict or Namespace config: passed on as it is
+    if not from_argv and not isinstance(args, list | tuple):  # a dict or Namespace config: passed on as it is
         build_cli(args)
         return None
-    if args[:1] == ["export"]:
+    argv = list(sys.argv[1:] if from_argv else args)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if argv[:1] == ["export"]:
         from lightning_ae.export import export_main
 
-        return export_main(args[1:])
-    with resolve_model_source(args) as resolved:
-        if not from_argv:
-            build_cli(resolved)
-            return None
-        argv, sys.argv = sys.argv, [sys.argv[0], *resolved]  # LightningCLI reads sys.argv (args= would warn)
-        try:
-            build_cli(None)
-        finally:
-            sys.argv = argv
+        return export_main(argv[1:])
+    try:
+        check_class_arguments(argv)
+        with resolve_model_source(argv) as resolved:
+            run_from(resolved, from_argv)
+    except CLIInputError as err:
+        if debug:
+            raise
+        print(f"lightning-ae: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return None
+
+
+def run_from(args: list[str], from_argv: bool) -> None:
+    """Runs the CLI on ``args``; from the command line through ``sys.argv`` (``args=`` would make LightningCLI
+    warn)."""
+    if not from_argv:
+        build_cli(args)
+        return
+    saved, sys.argv = sys.argv, [sys.argv[0], *args]
+    try:
+        build_cli(None)
+    finally:
+        sys.argv = saved
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> LightningAECLI:

@@ -100,7 +100,7 @@ def test_real_mnist_fit_lowers_validation_loss(tmp_path: Path, real_mnist_dir: P
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    (ckpt,) = (tmp_path / "lightning_logs").glob("version_*/checkpoints/*.ckpt")
+    ckpt = tmp_path / "checkpoints" / "mnist_ae" / "last.ckpt"  # the config's ModelCheckpoint
     end = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(
         Autoencoder.load_from_checkpoint(ckpt), datamodule=data, verbose=False)[0]["val/mse"]
     assert end < 0.3 * start, (start, end)

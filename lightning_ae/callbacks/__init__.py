@@ -8,6 +8,7 @@ from lightning_ae.callbacks.grid import make_grid
 from lightning_ae.callbacks.images import LatentInterpolation, ReconstructionGrid, SampleGrid
 from lightning_ae.callbacks.latent import LatentSpaceVisualizer, pca_2d, project_2d, scatter_figure
 from lightning_ae.callbacks.logging import log_image
+from lightning_ae.callbacks.predictions import PredictionWriter
 from lightning_ae.callbacks.probe import LinearProbe, linear_probe
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "LatentInterpolation",
     "LatentSpaceVisualizer",
     "LinearProbe",
+    "PredictionWriter",
     "ReconstructionGrid",
     "SampleGrid",
     "linear_probe",

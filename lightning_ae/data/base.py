@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lightning_ae.data.resumable import ResumableDataLoader, ResumableShardSampler
 from lightning_ae.distributed import rank, world_size
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -169,14 +170,13 @@ class ImageDataModule(LightningDataModule):
     def _loader(self, dataset: InMemoryImageDataset | None, train: bool, name: str) -> DataLoader[Batch]:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.{name}_dataloader() called before setup()")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=ShardSampler(dataset, train=train, seed=self.seed),
-            collate_fn=_collate_batch,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        common = {"collate_fn": _collate_batch, "num_workers": self.num_workers,
+                  "persistent_workers": self.num_workers > 0}
+        if train:  # resumes mid-epoch from a checkpoint (Lightning's stateful-dataloader protocol)
+            return ResumableDataLoader(dataset, self.batch_size, ResumableShardSampler(dataset, self.seed), self.seed,
+                                       **common)
+        return DataLoader(dataset, batch_size=self.eval_batch_size,
+                          sampler=ShardSampler(dataset, train=False, seed=self.seed), **common)
 
     def train_dataloader(self) -> DataLoader[Batch]:
         return self._loader(self.train_set, True, "train")

@@ -24,6 +24,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 from lightning_ae.batch import check_image_shape, extract_images, extract_labels
 from lightning_ae.nets import Network, check_network, default_networks
 from lightning_ae.pretrained import PretrainedMixin
+from lightning_ae.resume import restore_rng_states, save_rng_states
 
 
 def _allow_optimizer_classes_in_checkpoints() -> None:
@@ -264,6 +265,13 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
         if labels is not None:
             out["label"] = labels
         return out
+
+    # ---- checkpoints: the random streams, for an exact resume (lightning_ae.resume) ---------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_rng_states(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_rng_states(self, checkpoint)
 
     # ---- optimization --------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

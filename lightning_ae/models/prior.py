@@ -17,6 +17,7 @@ from lightning_ae.models.base import Stage, build_optimization
 from lightning_ae.models.vqvae import VQVAE
 from lightning_ae.nets.pixelcnn import GatedPixelCNN
 from lightning_ae.pretrained import PretrainedMixin
+from lightning_ae.resume import restore_rng_states, save_rng_states
 
 
 def build_vqvae(hparams: dict[str, Any]) -> VQVAE:
@@ -109,6 +110,12 @@ class PixelCNNPrior(PretrainedMixin, LightningModule):
         self.pixelcnn = GatedPixelCNN(vqvae.quantizer.num_codes, channels, num_layers, kernel_size)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_rng_states(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_rng_states(self, checkpoint)
 
     def train(self, mode: bool = True) -> PixelCNNPrior:
         super().train(mode)

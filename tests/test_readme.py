@@ -1,0 +1,51 @@
+"""Every ``lightning-ae ... --config C --ckpt_path P`` command of the README works: the config's own ``fit``
+writes ``P`` (``last.ckpt`` is the latest state, ``best.ckpt`` the lowest ``val/loss``), then the command runs.
+(The export commands, which take no config, are run by ``tests/test_ship_cli.py``.)"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_ae.cli import main
+
+ROOT = Path(__file__).parents[1]
+TINY = ["--data.init_args.download", "false", "--data.init_args.batch_size", "16",
+        "--data.init_args.val_size", "16", "--trainer.accelerator", "cpu",
+        "--trainer.devices", "1", "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1",
+        "--trainer.limit_test_batches", "1", "--trainer.limit_predict_batches", "1"]
+
+
+def readme_ckpt_commands() -> list[list[str]]:
+    """The README's ``lightning-ae`` commands that pass ``--ckpt_path`` (continuation lines joined, comments cut)."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    commands = [shlex.split(line, comments=True) for line in text.splitlines() if "--ckpt_path" in line
+                and "--config" in line and line.lstrip().startswith("lightning-ae ")]
+    return [c[1:] for c in commands]
+
+
+COMMANDS = readme_ckpt_commands()
+
+
+def test_the_readme_shows_checkpoint_commands() -> None:
+    assert len(COMMANDS) >= 5 and {c[0] for c in COMMANDS} >= {"fit", "validate", "test", "predict"}
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c[:3]) + " " + c[-1] for c in COMMANDS])
+def test_readme_ckpt_path_exists_after_the_configs_fit(command: list[str], tiny_data_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = command[command.index("--config") + 1]
+    ckpt_path = command[command.index("--ckpt_path") + 1]
+    data = ["--data.init_args.data_dir", str(tiny_data_dir), *TINY]
+    main(["fit", "--config", str(ROOT / config), *data, "--trainer.max_epochs", "1",
+          "--trainer.limit_train_batches", "2"])
+    if ckpt_path not in ("last", "best"):
+        checkpoint = torch.load(ckpt_path, weights_only=True)
+        assert checkpoint["global_step"] == 2
+    args = [str(ROOT / a) if a == config else a for a in command]
+    extra = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2"] if command[0] == "fit" else []
+    main([*args, *data, *extra])
