@@ -41,9 +41,10 @@ def test_readme_ckpt_path_exists_after_the_configs_fit(command: list[str], tiny_
     config = command[command.index("--config") + 1]
     ckpt_path = command[command.index("--ckpt_path") + 1]
     data = ["--data.init_args.data_dir", str(tiny_data_dir), *TINY]
+    folder = not ckpt_path.endswith(".ckpt") and ckpt_path not in ("last", "best")  # a model folder
     main(["fit", "--config", str(ROOT / config), *data, "--trainer.max_epochs", "1",
-          "--trainer.limit_train_batches", "2"])
-    if ckpt_path not in ("last", "best"):
+          "--trainer.limit_train_batches", "2", *(["--save_pretrained", ckpt_path] if folder else [])])
+    if ckpt_path.endswith(".ckpt"):
         checkpoint = torch.load(ckpt_path, weights_only=True)
         assert checkpoint["global_step"] == 2
     args = [str(ROOT / a) if a == config else a for a in command]
