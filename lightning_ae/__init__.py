@@ -8,10 +8,12 @@ from lightning_ae.callbacks import (
     SampleGrid,
 )
 from lightning_ae.data import (
+    ArrayDataModule,
     CIFAR10DataModule,
     FakeImageDataModule,
     FashionMNISTDataModule,
     ImageDataModule,
+    ImageFolderDataModule,
     MNISTDataModule,
 )
 from lightning_ae.metrics import CodebookUsage
@@ -33,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "VAE",
     "VQVAE",
+    "ArrayDataModule",
     "Autoencoder",
     "AutoencoderBase",
     "CIFAR10DataModule",
@@ -43,6 +46,7 @@ __all__ = [
     "FakeImageDataModule",
     "FashionMNISTDataModule",
     "ImageDataModule",
+    "ImageFolderDataModule",
     "LatentInterpolation",
     "LatentSpaceVisualizer",
     "LinearProbe",

@@ -56,6 +56,34 @@ def write_cifar(root: Path, n_per_batch: int = 20, seed: int = 0) -> Path:
     return root
 
 
+def write_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog"), n: int = 6,
+                       size: tuple[int, int] = (8, 8), mode: str = "RGB", ext: str = "png",
+                       seed: int = 0) -> dict[Path, np.ndarray]:
+    """Writes ``n`` random images of ``size`` (H, W) per class folder (``root/*`` when ``classes`` is empty);
+    returns each file's pixels ``(C, H, W)`` as written (lossless formats)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    written = {}
+    for folder in [root / c for c in classes] or [root]:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (*size, channels), dtype=np.uint8)
+            path = folder / f"{i:03d}.{ext}"
+            Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(path)
+            written[path] = pixels.transpose(2, 0, 1)
+    return written
+
+
+@pytest.fixture(scope="session")
+def tiny_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``root/<class>/*.png``: three classes of 16 RGB 32x32 images (the folder configs decode it to 32x32)."""
+    root = tmp_path_factory.mktemp("tiny_folder")
+    write_image_folder(root, ("a", "b", "c"), n=16, size=(32, 32))
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data_dir holding tiny MNIST, Fashion-MNIST and CIFAR-10 files in the official formats."""

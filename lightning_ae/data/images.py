@@ -143,9 +143,9 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     """16-bit and 32-bit integer grey images scaled to 8 bits (PIL's ``convert`` would clip them)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(image).astype(np.float64)
-        return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), "L")
+        return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8))
     if image.mode == "F":
-        return Image.fromarray(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8), "L")
+        return Image.fromarray(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8))
     return image
 
 
