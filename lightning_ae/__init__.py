@@ -15,6 +15,7 @@ from lightning_ae.data import (
     ImageDataModule,
     ImageFolderDataModule,
     MNISTDataModule,
+    StreamingImageDataModule,
 )
 from lightning_ae.metrics import CodebookUsage
 from lightning_ae.models import (
@@ -55,6 +56,7 @@ __all__ = [
     "ReconstructionGrid",
     "SampleGrid",
     "SparseAutoencoder",
+    "StreamingImageDataModule",
     "VectorQuantizer",
     "__version__",
     "linear_probe",

@@ -12,6 +12,7 @@ import pytest
 
 REAL_MNIST_ENV = "LIGHTNING_AE_DATA"  # folder holding MNIST/raw/ (the official IDX .gz files)
 REAL_CIFAR_ENV = "LIGHTNING_AE_CIFAR10"  # folder holding cifar-10-batches-py/
+REAL_CIFAR_JPEG_ENV = "LIGHTNING_AE_CIFAR10_JPEG"  # the extracted cifar10-jpeg.tar.gz: {train,test}/<class>/*.jpg
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -112,6 +113,11 @@ def real_mnist_dir() -> Path:
 @pytest.fixture
 def real_cifar_dir() -> Path:
     return _real_dir(REAL_CIFAR_ENV, "cifar-10-batches-py")
+
+
+@pytest.fixture
+def real_cifar_jpeg_dir() -> Path:
+    return _real_dir(REAL_CIFAR_JPEG_ENV, "train/airplane")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -9,6 +9,7 @@ from lightning_ae.data.folder import ImageFolderDataModule
 from lightning_ae.data.formats import DatasetFileError
 from lightning_ae.data.images import ImageDecodeError
 from lightning_ae.data.mnist import FashionMNISTDataModule, MNISTDataModule
+from lightning_ae.data.streaming import StreamingImageDataModule, prepare_streaming
 
 __all__ = [
     "ArrayDataModule",
@@ -23,5 +24,7 @@ __all__ = [
     "InMemoryImageDataset",
     "MNISTDataModule",
     "ShardSampler",
+    "StreamingImageDataModule",
     "download_file",
+    "prepare_streaming",
 ]

@@ -168,16 +168,21 @@ class ImageDataModule(LightningDataModule):
     def pixel_variance(self) -> float:
         """Variance of the training images' pixels in ``pixel_range`` (after :meth:`setup`; of the stored images,
         before binarization or augmentation), as sonnet's VQ-VAE example computes it to normalise its
-        reconstruction error (``VQVAE(data_variance=...)``)."""
-        if self.train_set is None:
-            raise RuntimeError(f"{type(self).__name__}.pixel_variance() called before setup('fit')")
+        reconstruction error (``VQVAE(data_variance=...)``). Exact: from a histogram of the uint8 values."""
         low, high = self.pixel_range
-        counts = sum(torch.bincount(c.flatten(), minlength=256).double() for c in self.train_set.image_chunks())
+        chunks = self.train_image_chunks()
+        counts = sum(torch.bincount(c.flatten(), minlength=256).double() for c in chunks)  # no float copy
         values = torch.arange(256, dtype=torch.float64) / 255.0
         n = counts.sum()
         mean = (counts * values).sum() / n
         var = (counts * (values - mean) ** 2).sum() / (n - 1)  # unbiased, as torch.var
         return var.item() * (high - low) ** 2
+
+    def train_image_chunks(self) -> Iterator[torch.Tensor]:
+        """The uint8 training images, a chunk at a time (never the whole split in memory at once)."""
+        if self.train_set is None:
+            raise RuntimeError(f"{type(self).__name__}.pixel_variance() called before setup('fit')")
+        return self.train_set.image_chunks()
 
     # ---- loaders -------------------------------------------------------------------------------------------
     def _loader(self, dataset: InMemoryImageDataset | None, train: bool, name: str) -> DataLoader[Batch]:
