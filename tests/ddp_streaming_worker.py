@@ -8,19 +8,11 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Trainer, seed_everything
 
 from lightning_ae import Autoencoder
 from lightning_ae.data.streaming import StreamingImageDataModule
-
-
-class RecordIds(Callback):
-    def __init__(self) -> None:
-        self.ids: list[torch.Tensor] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        images = (batch[0] * 255).round().long()  # on the device, as floats in [0, 1]
-        self.ids.append(images[:, 0, 0, 0] * 256 + images[:, 0, 0, 1])
+from tests.ddp_autoencoder_worker import RecordIds
 
 
 def main(input_dir: str, out_dir: str, epochs: int) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from lightning_ae.data.base import ImageDataModule, InMemoryImageDataset, held_out_count, seeded_split
 from lightning_ae.data.cache import FolderScan, ImageCache, build_cache, default_workers, open_cache
-from lightning_ae.data.images import DecodeOptions, Resize, as_size, class_names_of, scan_folder
+from lightning_ae.data.images import DecodeOptions, Resize, class_names_of, scan_folder
 
 
 class ImageFolderDataModule(ImageDataModule):
@@ -63,8 +63,7 @@ class ImageFolderDataModule(ImageDataModule):
         if decode_workers is not None and decode_workers < 1:
             raise ValueError(f"decode_workers must be >= 1, got {decode_workers}")
         self.root = Path(root)
-        crop = None if crop_size is None else as_size(crop_size, "crop_size")
-        self.options = DecodeOptions(as_size(image_size, "image_size"), resize, crop, channels)
+        self.options = DecodeOptions.of(image_size, resize, crop_size, channels)
         self.test_size = test_size
         self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(self.data_dir) / "image-cache"
         self.decode_workers = decode_workers or default_workers()

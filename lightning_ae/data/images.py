@@ -64,6 +64,12 @@ class DecodeOptions:
         if self.channels not in (1, 3, 4):
             raise ValueError(f"channels must be 1, 3 or 4, got {self.channels}")
 
+    @classmethod
+    def of(cls, image_size: Size, resize: Resize, crop_size: Size | None, channels: int) -> DecodeOptions:
+        """From user arguments: sizes as an int or ``[H, W]``, checked."""
+        crop = None if crop_size is None else as_size(crop_size, "crop_size")
+        return cls(as_size(image_size, "image_size"), resize, crop, channels)
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return (self.channels, *self.image_size)

@@ -27,7 +27,7 @@ from jsonargparse import CLI
 from lightning_ae.data.base import ImageDataModule
 from lightning_ae.data.cache import default_workers
 from lightning_ae.data.folder import split_rows
-from lightning_ae.data.images import DecodeOptions, ImageDecodeError, Resize, as_size, class_names_of, decode_image
+from lightning_ae.data.images import DecodeOptions, ImageDecodeError, Resize, class_names_of, decode_image
 from lightning_ae.data.images import scan_folder as scan
 
 META = "meta"
@@ -118,8 +118,7 @@ def prepare_streaming(
     Returns:
         The metadata stored beside the splits: ``image_shape``, ``class_names``, ``num_classes`` and ``sizes``.
     """
-    crop = None if crop_size is None else as_size(crop_size, "crop_size")
-    options = DecodeOptions(as_size(image_size, "image_size"), resize, crop, channels)
+    options = DecodeOptions.of(image_size, resize, crop_size, channels)
     class_names = class_names_of(Path(root))
     files, labels, splits = scan(root)
     rows = split_rows(np.asarray(splits), val_size, test_size, seed)
