@@ -77,6 +77,23 @@ def write_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog"), n:
     return written
 
 
+def write_id_folder(root: Path, n: int, classes: tuple[str, ...] = ("a", "b")) -> dict[int, int]:
+    """``n`` 8x8 RGB PNGs spread over ``classes``; image i carries i in channel 0, row 0, columns 0 and 1. Returns
+    {id: label}."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    labels = {}
+    for i in range(n):
+        pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        pixels[0, 0, 0], pixels[0, 1, 0] = i // 256, i % 256  # channel 0, row 0, columns 0 and 1
+        folder = root / classes[i % len(classes)]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+        labels[i] = i % len(classes)
+    return labels
+
+
 @pytest.fixture(scope="session")
 def tiny_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``root/<class>/*.png``: three classes of 16 RGB 32x32 images (the folder configs decode it to 32x32)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from lightning_ae import Autoencoder, ImageFolderDataModule, linear_probe
 from lightning_ae.callbacks import LatentSpaceVisualizer, ReconstructionGrid
 from lightning_ae.data import DatasetFileError, ImageDecodeError
 from lightning_ae.data import cache as cache_module
-from tests.conftest import write_image_folder
+from tests.conftest import write_id_folder, write_image_folder
 
 
 def _folder(root: Path, tmp_path: Path, **kwargs) -> ImageFolderDataModule:
@@ -235,3 +237,18 @@ def test_parallel_decode_matches_serial(tmp_path: Path) -> None:
     parallel.setup()
     assert serial.cache.files == parallel.cache.files
     np.testing.assert_array_equal(np.asarray(serial.cache.images), np.asarray(parallel.cache.images))
+
+
+@pytest.mark.slow
+def test_ddp_decodes_once_and_ranks_share_the_cache(tmp_path: Path) -> None:
+    write_id_folder(tmp_path / "img", 36)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(Path(__file__).parent / "ddp_folder_worker.py"), str(tmp_path / "img"),
+                          str(tmp_path)], env=env, cwd=tmp_path, timeout=300, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "decodes.txt").read_text() == "0\n"  # decoded by rank 0 only, once
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    (cache,) = (tmp_path / "cache").iterdir()  # one cache, no partial left, both ranks mapped it
+    assert ranks[0]["cache"] == ranks[1]["cache"] == str(cache)
+    seen = [torch.cat(r["ids"]).tolist() for r in ranks]  # 32 training images, 2 ranks: disjoint halves
+    assert len(seen[0]) == len(seen[1]) == 16 and not set(seen[0]) & set(seen[1])

@@ -7,32 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 pytest.importorskip("litdata")
 
 from lightning_ae.data import ImageDecodeError
 from lightning_ae.data.streaming import StreamingImageDataModule, prepare_streaming
+from tests.conftest import write_id_folder
 
 ROOT = Path(__file__).parents[1]
-
-
-def write_id_folder(root: Path, n: int, classes: tuple[str, ...] = ("a", "b")) -> dict[int, int]:
-    """``n`` 8x8 RGB PNGs spread over ``classes``; image i carries i in channel 0, row 0, columns 0 and 1. Returns
-    {id: label}."""
-    rng = np.random.default_rng(0)
-    labels = {}
-    for i in range(n):
-        pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        pixels[0, 0, 0], pixels[0, 1, 0] = i // 256, i % 256  # channel 0, row 0, columns 0 and 1
-        folder = root / classes[i % len(classes)]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
-        labels[i] = i % len(classes)
-    return labels
 
 
 def _ids(images: torch.Tensor) -> list[int]:

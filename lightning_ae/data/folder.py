@@ -69,7 +69,8 @@ class ImageFolderDataModule(ImageDataModule):
         self.decode_workers = decode_workers or default_workers()
         self.skip_bad_files = skip_bad_files
         self.image_shape = self.options.shape
-        self.class_names = class_names_of(self.root, skip=self.cache_dir.resolve())
+        # a missing root is named by prepare_data/setup (as a missing download is), not inside the CLI's parsing
+        self.class_names = class_names_of(self.root, skip=self.cache_dir.resolve()) if self.root.is_dir() else []
         self.num_classes = len(self.class_names) or None  # type: ignore[assignment]
         self.cache: ImageCache | None = None
 
