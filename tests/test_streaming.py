@@ -62,7 +62,7 @@ def test_prepare_names_a_corrupt_file(tmp_path: Path) -> None:
 def test_ddp_two_ranks_see_every_image_once_per_epoch(tmp_path: Path) -> None:
     write_id_folder(tmp_path / "img", 48)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "lightning_ae.data.streaming", str(tmp_path / "img"), str(tmp_path / "out"),
+    subprocess.run([sys.executable, "-m", "lightning_ae.data", str(tmp_path / "img"), str(tmp_path / "out"),
                     "--image_size", "8", "--resize", "none", "--val_size", "8", "--test_size", "8",
                     "--workers", "2"], check=True, env=env, cwd=tmp_path, timeout=300)
     subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_streaming_worker.py"), str(tmp_path / "out"),

@@ -225,9 +225,5 @@ class StreamingImageDataModule(ImageDataModule):
 
 def main(args: list[str] | None = None) -> None:
     """``lightning-ae-prepare ROOT OUTPUT_DIR [--image_size 64 ...]``: :func:`prepare_streaming` from the shell."""
-    meta = CLI(prepare_streaming, args=args)
+    meta = CLI(prepare_streaming, args=args, prog="lightning-ae-prepare")
     print(json.dumps(meta))
-
-
-if __name__ == "__main__":
-    main()
