@@ -1,8 +1,8 @@
 """The decoded-once cache of an image folder: one raw ``uint8 (N, C, H, W)`` file, memory-mapped when read.
 
 A cache is a folder ``<cache_dir>/<key>/`` holding ``images.u8`` (the array, no header), ``labels.npy``,
-``splits.npy`` and ``meta.json`` (shape, class names, file list, skipped files). The key hashes the decode
-options and every file's path, size and modification time, so any change to the folder or to the options
+``splits.npy`` and ``meta.json`` (shape, class names, file list, skipped files). The key hashes the folder's path,
+the decode options and every file's path, size and modification time, so any change to the folder or to the options
 names another cache. It is built in a temporary folder that is renamed into place only when complete: a cache
 from an interrupted decode is never found.
 """
@@ -53,10 +53,10 @@ class ImageCache:
 
 
 def cache_key(root: Path, scan: FolderScan, options: DecodeOptions, skip_bad: bool) -> str:
-    """sha256 (first 24 hex digits) of the options and every file's relative path, size and mtime."""
+    """sha256 (first 24 hex digits) of the folder, the options and every file's relative path, size and mtime."""
     digest = hashlib.sha256()
-    header = {"version": CACHE_VERSION, "options": asdict(options), "skip_bad": skip_bad,
-              "classes": scan.class_names}
+    header = {"version": CACHE_VERSION, "root": str(root.resolve()), "options": asdict(options),
+              "skip_bad": skip_bad, "classes": scan.class_names}
     digest.update(json.dumps(header, sort_keys=True).encode())
     for path, label, split in zip(scan.files, scan.labels, scan.splits, strict=True):
         st = path.stat()
