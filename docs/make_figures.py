@@ -55,7 +55,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lightning_ae_figures_"))
     seed_everything(0)
 
-    binary = MNISTDataModule(data_dir, batch_size=128, eval_batch_size=250, download=False, binarize="dynamic")
+    binary = MNISTDataModule(data_dir=data_dir, batch_size=128, eval_batch_size=250, download=False, binarize="dynamic")
     vae = VAE(latent_dim=16, num_classes=10)
     fit(vae, binary, work / "vae", epochs=4, batches=200)
     draw(vae, binary, work / "vae", [
@@ -64,7 +64,7 @@ def main() -> None:
     ], {"latent_space": "vae_latent_tsne.png", "reconstructions": "vae_reconstructions.png",
         "samples": "vae_samples.png", "interpolations": "vae_interpolations.png"})
 
-    grey = MNISTDataModule(data_dir, batch_size=128, eval_batch_size=250, download=False)
+    grey = MNISTDataModule(data_dir=data_dir, batch_size=128, eval_batch_size=250, download=False)
     vqvae = VQVAE(latent_dim=16, num_codes=64, hidden_channels=64, res_channels=32, num_res_blocks=1,
                   kmeans_init=True, num_classes=10)
     trainer = fit(vqvae, grey, work / "vqvae", epochs=2, batches=200)

@@ -11,11 +11,14 @@ from lightning_ae.callbacks import (
     linear_probe,
 )
 from lightning_ae.data import (
+    ArrayDataModule,
     CIFAR10DataModule,
     FakeImageDataModule,
     FashionMNISTDataModule,
     ImageDataModule,
+    ImageFolderDataModule,
     MNISTDataModule,
+    StreamingImageDataModule,
 )
 from lightning_ae.metrics import CodebookUsage
 from lightning_ae.models import (
@@ -35,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "VAE",
     "VQVAE",
+    "ArrayDataModule",
     "Autoencoder",
     "AutoencoderBase",
     "CIFAR10DataModule",
@@ -45,6 +49,7 @@ __all__ = [
     "FakeImageDataModule",
     "FashionMNISTDataModule",
     "ImageDataModule",
+    "ImageFolderDataModule",
     "LatentInterpolation",
     "LatentSpaceVisualizer",
     "LinearProbe",
@@ -54,6 +59,7 @@ __all__ = [
     "ReconstructionGrid",
     "SampleGrid",
     "SparseAutoencoder",
+    "StreamingImageDataModule",
     "VectorQuantizer",
     "__version__",
     "linear_probe",

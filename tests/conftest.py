@@ -12,6 +12,7 @@ import pytest
 
 REAL_MNIST_ENV = "LIGHTNING_AE_DATA"  # folder holding MNIST/raw/ (the official IDX .gz files)
 REAL_CIFAR_ENV = "LIGHTNING_AE_CIFAR10"  # folder holding cifar-10-batches-py/
+REAL_CIFAR_JPEG_ENV = "LIGHTNING_AE_CIFAR10_JPEG"  # the extracted cifar10-jpeg.tar.gz: {train,test}/<class>/*.jpg
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -56,6 +57,51 @@ def write_cifar(root: Path, n_per_batch: int = 20, seed: int = 0) -> Path:
     return root
 
 
+def write_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog"), n: int = 6,
+                       size: tuple[int, int] = (8, 8), mode: str = "RGB", ext: str = "png",
+                       seed: int = 0) -> dict[Path, np.ndarray]:
+    """Writes ``n`` random images of ``size`` (H, W) per class folder (``root/*`` when ``classes`` is empty);
+    returns each file's pixels ``(C, H, W)`` as written (lossless formats)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    written = {}
+    for folder in [root / c for c in classes] or [root]:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (*size, channels), dtype=np.uint8)
+            path = folder / f"{i:03d}.{ext}"
+            Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(path)
+            written[path] = pixels.transpose(2, 0, 1)
+    return written
+
+
+def write_id_folder(root: Path, n: int, classes: tuple[str, ...] = ("a", "b")) -> dict[int, int]:
+    """``n`` 8x8 RGB PNGs spread over ``classes``; image i carries i in channel 0, row 0, columns 0 and 1. Returns
+    {id: label}."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    labels = {}
+    for i in range(n):
+        pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        pixels[0, 0, 0], pixels[0, 1, 0] = i // 256, i % 256  # channel 0, row 0, columns 0 and 1
+        folder = root / classes[i % len(classes)]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+        labels[i] = i % len(classes)
+    return labels
+
+
+@pytest.fixture(scope="session")
+def tiny_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``root/<class>/*.png``: three classes of 16 RGB 32x32 images (the folder configs decode it to 32x32)."""
+    root = tmp_path_factory.mktemp("tiny_folder")
+    write_image_folder(root, ("a", "b", "c"), n=16, size=(32, 32))
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data_dir holding tiny MNIST, Fashion-MNIST and CIFAR-10 files in the official formats."""
@@ -84,6 +130,11 @@ def real_mnist_dir() -> Path:
 @pytest.fixture
 def real_cifar_dir() -> Path:
     return _real_dir(REAL_CIFAR_ENV, "cifar-10-batches-py")
+
+
+@pytest.fixture
+def real_cifar_jpeg_dir() -> Path:
+    return _real_dir(REAL_CIFAR_JPEG_ENV, "train/airplane")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -17,12 +17,15 @@ def test_there_are_configs() -> None:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[f"{p.parent.name}/{p.stem}" for p in CONFIGS])
 def test_config_fast_dev_run(
-    config: Path, tiny_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    config: Path, tiny_data_dir: Path, tiny_image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    if config.parent.name == "folder":  # the root is given on the command line; the cache goes to tmp_path
+        source = ["--data.init_args.root", str(tiny_image_folder), "--data.init_args.data_dir", str(tmp_path)]
+    else:
+        source = ["--data.init_args.data_dir", str(tiny_data_dir), "--data.init_args.download", "false"]
     data_args = [
-        "--data.init_args.data_dir", str(tiny_data_dir),
-        "--data.init_args.download", "false",
+        *source,
         "--data.init_args.val_size", "16",
         "--trainer.accelerator", "cpu",
         "--trainer.devices", "1",

@@ -65,7 +65,7 @@ def test_cli_predict_writes_every_output_of_the_model(tmp_path: Path, tiny_data_
     (ckpt,) = (tmp_path / "fit").glob("lightning_logs/version_*/checkpoints/*.ckpt")
     _cli("predict", tiny_data_dir, tmp_path / "predict", "--ckpt_path", str(ckpt))
     (path,) = (tmp_path / "predict").glob("lightning_logs/version_*/predictions.pt")
-    data = MNISTDataModule(str(tiny_data_dir), val_size=16, download=False)
+    data = MNISTDataModule(data_dir=str(tiny_data_dir), val_size=16, download=False)
     _assert_matches(path, _expected(VQVAE.load_from_checkpoint(ckpt), data))
     assert len(torch.load(path)["index"]) == 32
 
@@ -97,6 +97,6 @@ def test_cli_predict_under_ddp_writes_every_sample_once_in_order(tmp_path: Path)
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     expected = _expected(Autoencoder.load_from_checkpoint(ckpt),
-                         MNISTDataModule(str(data_dir), val_size=16, download=False))
+                         MNISTDataModule(data_dir=str(data_dir), val_size=16, download=False))
     _assert_matches(out, expected)
     assert torch.equal(torch.load(out)["index"], torch.arange(33))

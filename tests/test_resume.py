@@ -78,7 +78,7 @@ def _vae_trainer(tmp_path: Path, max_steps: int, *callbacks: Any) -> Trainer:
 def _vae_run(tmp_path: Path, data_dir: Path, *callbacks: Any, ckpt_path: str | None = None) -> LightningModule:
     seed_everything(0)
     model = VAE(latent_dim=4, kl_warmup_steps=3, num_classes=10)  # reparameterization noise
-    data = MNISTDataModule(str(data_dir), batch_size=16, val_size=16, download=False, binarize="dynamic")
+    data = MNISTDataModule(data_dir=str(data_dir), batch_size=16, val_size=16, download=False, binarize="dynamic")
     _vae_trainer(tmp_path, 10, *callbacks).fit(model, datamodule=data, ckpt_path=ckpt_path)
     return model
 

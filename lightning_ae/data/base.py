@@ -12,7 +12,8 @@ on a per-step collective).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -26,25 +27,43 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class InMemoryImageDataset(Dataset[Batch]):
-    """Images ``uint8 (N, C, H, W)`` and labels ``int64 (N,)`` held in memory; batches come from one index."""
+    """Images ``uint8 (N, C, H, W)`` and labels ``int64 (N,)`` held in memory (or memory-mapped); batches come from
+    one index.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    Args:
+        images: ``uint8 (N, C, H, W)``; may be a view of a memory-mapped file (it is indexed, never copied whole).
+        labels: ``(N,)`` class indices, or None for unlabelled images (batches are then the image tensor alone).
+        indices: the rows of ``images`` that make this dataset (a split of a larger array), or None for all.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        if labels.shape != images.shape[:1]:
+        if labels is not None and labels.shape != images.shape[:1]:
             raise ValueError(f"{labels.shape[0]} labels for {images.shape[0]} images")
         self.images = images
-        self.labels = labels.long()
+        self.labels = None if labels is None else labels.long()
+        self.indices = None if indices is None else torch.as_tensor(indices, dtype=torch.long)
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self.images.shape[0] if self.indices is None else self.indices.shape[0]
 
-    def __getitem__(self, index: int) -> Batch:
-        return self.images[index], self.labels[index]
+    def __getitem__(self, index: int) -> Any:
+        batch = self.__getitems__([index])
+        return batch[0] if self.labels is None else (batch[0][0], batch[1][0])
 
-    def __getitems__(self, indices: Sequence[int]) -> Batch:
+    def __getitems__(self, indices: Sequence[int]) -> Any:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[idx], self.labels[idx]
+        if self.indices is not None:
+            idx = self.indices[idx]
+        images = self.images[idx]
+        return images if self.labels is None else (images, self.labels[idx])
+
+    def image_chunks(self, size: int = 4096) -> Iterator[torch.Tensor]:
+        """The images, ``size`` at a time (so a memory-mapped dataset is never read into memory whole)."""
+        for start in range(0, len(self), size):
+            chunk = self.__getitems__(range(start, min(start + size, len(self))))
+            yield chunk if self.labels is None else chunk[0]
 
 
 def _collate_batch(batch: Batch) -> Batch:
@@ -136,17 +155,12 @@ class ImageDataModule(LightningDataModule):
         raise NotImplementedError(f"{type(self).__name__} must implement _load_split")
 
     def _num_val(self, n: int) -> int:
-        k = round(self.val_size * n) if isinstance(self.val_size, float) else int(self.val_size)
-        if k >= n:
-            raise ValueError(f"val_size={self.val_size} leaves no training images out of {n}")
-        return k
+        return held_out_count(self.val_size, n, "val_size")
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and self.train_set is None:
             images, labels = self._load_split(train=True)
-            n_val = self._num_val(images.shape[0])
-            perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(self.seed))
-            train_idx, val_idx = perm[n_val:].sort().values, perm[:n_val].sort().values
+            val_idx, train_idx = seeded_split(images.shape[0], [self._num_val(images.shape[0])], self.seed)
             self.train_set = InMemoryImageDataset(images[train_idx], labels[train_idx])
             self.val_set = InMemoryImageDataset(images[val_idx], labels[val_idx])
         if stage in (None, "test", "predict") and self.test_set is None:
@@ -155,16 +169,21 @@ class ImageDataModule(LightningDataModule):
     def pixel_variance(self) -> float:
         """Variance of the training images' pixels in ``pixel_range`` (after :meth:`setup`; of the stored images,
         before binarization or augmentation), as sonnet's VQ-VAE example computes it to normalise its
-        reconstruction error (``VQVAE(data_variance=...)``)."""
-        if self.train_set is None:
-            raise RuntimeError(f"{type(self).__name__}.pixel_variance() called before setup('fit')")
+        reconstruction error (``VQVAE(data_variance=...)``). Exact: from a histogram of the uint8 values."""
         low, high = self.pixel_range
-        counts = torch.bincount(self.train_set.images.flatten(), minlength=256).double()  # exact, no float copy
+        chunks = self.train_image_chunks()
+        counts = sum(torch.bincount(c.flatten(), minlength=256).double() for c in chunks)  # no float copy
         values = torch.arange(256, dtype=torch.float64) / 255.0
         n = counts.sum()
         mean = (counts * values).sum() / n
         var = (counts * (values - mean) ** 2).sum() / (n - 1)  # unbiased, as torch.var
         return var.item() * (high - low) ** 2
+
+    def train_image_chunks(self) -> Iterator[torch.Tensor]:
+        """The uint8 training images, a chunk at a time (never the whole split in memory at once)."""
+        if self.train_set is None:
+            raise RuntimeError(f"{type(self).__name__}.pixel_variance() called before setup('fit')")
+        return self.train_set.image_chunks()
 
     # ---- loaders -------------------------------------------------------------------------------------------
     def _loader(self, dataset: InMemoryImageDataset | None, train: bool, name: str) -> DataLoader[Batch]:
@@ -205,9 +224,30 @@ class ImageDataModule(LightningDataModule):
         return x
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, labels = batch
+        """``uint8`` images (a tensor batch, or the first item of a tuple/list) become float in ``pixel_range``."""
+        images = batch if isinstance(batch, torch.Tensor) else batch[0]
         if images.dtype != torch.uint8:  # already converted (a user's own loader)
             return batch
         training = self.trainer is not None and self.trainer.training
-        return self.transform(images, training), labels
+        images = self.transform(images, training)
+        return images if isinstance(batch, torch.Tensor) else (images, *batch[1:])
+
+
+def held_out_count(size: int | float, n: int, name: str) -> int:
+    """Images held out of ``n`` for a count or a fraction ``size``; a ``ValueError`` if none would be left."""
+    k = round(size * n) if isinstance(size, float) else int(size)
+    if k >= n:
+        raise ValueError(f"{name}={size} leaves no training images out of {n}")
+    return k
+
+
+def seeded_split(n: int, counts: Sequence[int], seed: int) -> list[torch.Tensor]:
+    """Sorted disjoint index sets of ``range(n)`` of the given ``counts`` from one seeded permutation, then the rest.
+
+    >>> [t.tolist() for t in seeded_split(5, [2], seed=0)]
+    [[0, 4], [1, 2, 3]]
+    """
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    bounds = [0, *torch.tensor(list(counts), dtype=torch.long).cumsum(0).tolist(), n]
+    return [perm[a:b].sort().values for a, b in itertools.pairwise(bounds)]
 

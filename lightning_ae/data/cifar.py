@@ -6,7 +6,7 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -22,17 +22,10 @@ class CIFAR10DataModule(ImageDataModule):
     official ``cifar-10-python.tar.gz`` (md5 checked), extracted with tarfile's ``data`` filter.
 
     Args:
-        data_dir: root folder (``cifar-10-batches-py`` below it).
-        batch_size: images per batch on each device.
-        eval_batch_size: batch size for validation/test/predict (default: ``batch_size``).
-        val_size: images held out from the training split for validation (count or fraction).
-        seed: seed of the split and of the shuffling.
-        num_workers: DataLoader workers.
-        pixel_range: ``(low, high)`` pixel values are scaled to.
-        download: download the archive in ``prepare_data`` when the batches are missing.
         augment: random horizontal flip and random crop with ``crop_padding`` zero padding, training only.
         crop_padding: padding of the random crop, in pixels.
         mirrors: base URLs tried in order.
+        **kwargs: other arguments: as :class:`ImageDataModule` (``data_dir`` holds ``cifar-10-batches-py``).
     """
 
     folder: ClassVar[str] = "cifar-10-batches-py"
@@ -49,20 +42,9 @@ class CIFAR10DataModule(ImageDataModule):
     class_names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
     def __init__(
-        self,
-        data_dir: str = "data",
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        val_size: int | float = 5000,
-        seed: int = 0,
-        num_workers: int = 0,
-        pixel_range: tuple[float, float] = (0.0, 1.0),
-        download: bool = True,
-        augment: bool = False,
-        crop_padding: int = 4,
-        mirrors: list[str] | None = None,
+        self, augment: bool = False, crop_padding: int = 4, mirrors: list[str] | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(data_dir, batch_size, eval_batch_size, val_size, seed, num_workers, pixel_range, download)
+        super().__init__(**kwargs)
         if crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
         self.augment = augment

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from lightning_ae.batch import check_image_shape
@@ -19,11 +21,10 @@ class FakeImageDataModule(ImageDataModule):
         num_train: images in the training split (before the validation hold-out).
         num_test: images in the test split.
         noise: standard deviation of the per-pixel noise, in [0, 1] pixel units.
-        batch_size: images per batch on each device.
-        eval_batch_size: batch size for validation/test/predict (default: ``batch_size``).
-        val_size: images held out from the training split for validation (count or fraction).
-        seed: seed of the prototypes, the samples, the split and the shuffling.
-        pixel_range: ``(low, high)`` pixel values are scaled to.
+        batch_size: images per batch on each device (a smaller default than the base's).
+        val_size: images held out from the training split for validation (a smaller default than the base's).
+        **kwargs: other arguments: as :class:`ImageDataModule` (``seed`` also seeds the prototypes and samples;
+            nothing is read from disk, so there is no ``data_dir``, ``download`` or ``num_workers``).
     """
 
     def __init__(
@@ -34,12 +35,10 @@ class FakeImageDataModule(ImageDataModule):
         num_test: int = 128,
         noise: float = 0.1,
         batch_size: int = 32,
-        eval_batch_size: int | None = None,
         val_size: int | float = 64,
-        seed: int = 0,
-        pixel_range: tuple[float, float] = (0.0, 1.0),
+        **kwargs: Any,
     ) -> None:
-        super().__init__("", batch_size, eval_batch_size, val_size, seed, 0, pixel_range, download=False)
+        super().__init__(data_dir="", download=False, num_workers=0, batch_size=batch_size, val_size=val_size, **kwargs)
         self.image_shape = check_image_shape(image_shape)
         if num_classes < 1 or num_train < 1 or num_test < 1:
             raise ValueError(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -20,19 +20,13 @@ class MNISTDataModule(ImageDataModule):
     Files are looked for in ``<data_dir>/MNIST/raw/`` as ``.gz`` or extracted (torchvision's layout).
 
     Args:
-        data_dir: root folder (``MNIST/raw`` below it).
-        batch_size: images per batch on each device.
-        eval_batch_size: batch size for validation/test/predict (default: ``batch_size``).
-        val_size: images held out from the training split for validation (count or fraction).
-        seed: seed of the split, the shuffling and the static binarization.
-        num_workers: DataLoader workers.
-        pixel_range: ``(low, high)`` pixel values are scaled to.
-        download: download missing files in ``prepare_data``.
         binarize: ``none`` (grey levels), ``dynamic`` (a fresh Bernoulli sample of every training batch,
             Salakhutdinov & Murray 2008; validation and test images are sampled once with a fixed seed, so
             evaluation figures are repeatable, as in Burda et al. 2015), ``static`` (one seeded Bernoulli sample of
             the whole dataset, made once).
         mirrors: base URLs tried in order.
+        **kwargs: other arguments: as :class:`ImageDataModule` (``data_dir`` holds ``MNIST/raw``; ``seed`` also
+            seeds the static binarization).
     """
 
     folder: ClassVar[str] = "MNIST"
@@ -50,20 +44,8 @@ class MNISTDataModule(ImageDataModule):
     num_classes = 10
     class_names = [str(i) for i in range(10)]
 
-    def __init__(
-        self,
-        data_dir: str = "data",
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        val_size: int | float = 5000,
-        seed: int = 0,
-        num_workers: int = 0,
-        pixel_range: tuple[float, float] = (0.0, 1.0),
-        download: bool = True,
-        binarize: Binarize = "none",
-        mirrors: list[str] | None = None,
-    ) -> None:
-        super().__init__(data_dir, batch_size, eval_batch_size, val_size, seed, num_workers, pixel_range, download)
+    def __init__(self, binarize: Binarize = "none", mirrors: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if binarize not in ("none", "dynamic", "static"):
             raise ValueError(f"binarize must be 'none', 'dynamic' or 'static', got {binarize!r}")
         self.binarize = binarize
