@@ -144,8 +144,8 @@ def table(rows: list[dict[str, str]], where: str) -> str:
 def variant_row(dataset: str, variant: str, command: list[str], m: dict[str, float]) -> dict[str, str]:
     return {"variant": variant, "dataset": dataset, "mse": fmt(m, "test/mse", ".4f"),
             "psnr": fmt(m, "test/psnr", ".2f"), "ssim": fmt(m, "test/ssim", ".3f"), "probe": fmt(m, "probe", ".3f"),
-            "nll": fmt(m, "test/nll", ".2f"), "perplexity": fmt(m, "test/usage_perplexity", ".1f"),
-            "used": fmt(m, "test/usage_used_fraction", ".2f"), "command": shlex.join(command[1:])}
+            "nll": fmt(m, "test/nll", ".2f"), "perplexity": fmt(m, "test/codebook_perplexity", ".1f"),
+            "used": fmt(m, "test/codebook_used_fraction", ".2f"), "command": shlex.join(command[1:])}
 
 
 def write_table(readme: Path, text: str) -> None:
