@@ -113,7 +113,7 @@ VQ_SMALL = ["--model.hidden_channels", "16", "--model.res_channels", "8", "--mod
 VARIANTS: dict[str, list[str]] = {
     "ae": ["--model", "Autoencoder", "--model.latent_dim", "4"],
     "dae": ["--model", "DenoisingAutoencoder", "--model.latent_dim", "4", "--model.corruption", "salt_and_pepper",
-            "--model.noise_level", "0.3"],
+            "--model.noise_fraction", "0.3"],
     "sae": ["--model", "SparseAutoencoder", "--model.latent_dim", "8", "--model.sparsity", "topk", "--model.k", "3"],
     "cae": ["--model", "ContractiveAutoencoder", "--model.latent_dim", "4", "--model.penalty", "stochastic"],
     "vae": ["--model", "VAE", "--model.latent_dim", "4", "--data.binarize", "dynamic"],
