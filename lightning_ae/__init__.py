@@ -27,11 +27,13 @@ from lightning_ae.models import (
     PixelCNNPrior,
     SparseAutoencoder,
 )
-from lightning_ae.quantizers import VectorQuantizer
+from lightning_ae.quantizers import FSQ, LFQ, Quantizer, QuantizerOutput, ResidualVQ, VectorQuantizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FSQ",
+    "LFQ",
     "VAE",
     "VQVAE",
     "Autoencoder",
@@ -49,7 +51,10 @@ __all__ = [
     "LinearProbe",
     "MNISTDataModule",
     "PixelCNNPrior",
+    "Quantizer",
+    "QuantizerOutput",
     "ReconstructionGrid",
+    "ResidualVQ",
     "SampleGrid",
     "SparseAutoencoder",
     "VectorQuantizer",
