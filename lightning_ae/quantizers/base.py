@@ -73,7 +73,7 @@ class Quantizer(nn.Module):
     def unflatten(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Rows ``(N, C)`` -> the channel-first layout of ``like`` ``(B, C, *spatial)``, in ``like``'s dtype."""
         out = rows.reshape(like.shape[0], *like.shape[2:], rows.shape[-1]).movedim(-1, 1)
-        return out.contiguous().to(like.dtype)
+        return out.to(like.dtype)
 
     @staticmethod
     def rows_to_index_grid(indices: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

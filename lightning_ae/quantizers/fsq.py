@@ -48,6 +48,11 @@ class FSQ(Quantizer):
         self.register_buffer("_levels", level_tensor, persistent=False)
         self.register_buffer("_basis", torch.cumprod(torch.tensor([1, *levels[:-1]]), 0), persistent=False)
         self.register_buffer("_half_width", level_tensor // 2, persistent=False)
+        half = (level_tensor.double() - 1) * (1 + eps) / 2
+        offset = (level_tensor % 2 == 0).double() * 0.5
+        self.register_buffer("_half", half.float(), persistent=False)
+        self.register_buffer("_offset", offset.float(), persistent=False)
+        self.register_buffer("_shift", torch.atanh(offset / half).float(), persistent=False)
 
     @property
     def codebook_size(self) -> int:
@@ -55,10 +60,7 @@ class FSQ(Quantizer):
 
     def bound(self, z: torch.Tensor) -> torch.Tensor:
         """``f(z)``: each channel squashed into an open interval that holds exactly ``L`` integers."""
-        levels = self._levels.float()
-        half = (levels - 1) * (1 + self.eps) / 2
-        offset = (self._levels % 2 == 0).float() * 0.5
-        return torch.tanh(z + torch.atanh(offset / half)) * half - offset
+        return torch.tanh(z + self._shift) * self._half - self._offset
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """Rows ``(N, len(levels))`` -> normalised codes in ``[-1, 1]``, rounded with a straight-through gradient."""
