@@ -1,11 +1,22 @@
-"""Speed of one forward+backward of the vector quantizer, EMA codebook on (K=512, D=64, input 128x64x8x8):
-ours vs vector-quantize-pytorch's ``VectorQuantize`` (same settings) vs a minimal hand-written EMA quantizer.
+"""Speed of one forward+backward of each quantizer in training mode (input 128x64x8x8): ours vs
+vector-quantize-pytorch's counterpart with matching settings, and for the EMA vector quantizer (K=512, D=64) also a
+minimal hand-written EMA quantizer.
+
+| pair | ours | vector-quantize-pytorch |
+| --- | --- | --- |
+| vq | ``VectorQuantizer(512, 64)`` (EMA, straight-through) | ``VectorQuantize(rotation_trick=False)`` |
+| vq_rotation | ``VectorQuantizer(512, 64, rotation_trick=True)`` | ``VectorQuantize(rotation_trick=True)`` |
+| fsq | ``FSQ([8, 5, 5, 5], code_dim=64)`` | ``FSQ([8, 5, 5, 5], dim=64)`` |
+| lfq | ``LFQ(1024, code_dim=64)`` (entropy 0.1, commitment 0.25, temperature 0.01) | ``LFQ`` with the same |
+| rvq | ``ResidualVQ(4, 512, 64)`` (EMA) | ``ResidualVQ(num_quantizers=4, codebook_size=512)`` |
 
 Repetitions are interleaved (each round times every implementation once, in turn), so load changes on a shared
-machine hit all three alike; we report medians of the per-round times and their ratios.
+machine hit all alike; we report medians of the per-round times and the ratio vector-quantize-pytorch / ours
+(> 1: ours is faster).
 
     pip install -e '.[bench]'
     python benchmarks/quantizer_speed.py --rounds 30 --iters 10 --threads 1
+    python benchmarks/quantizer_speed.py --pairs fsq lfq   # some pairs only
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_ae import VectorQuantizer
+from lightning_ae import FSQ, LFQ, ResidualVQ, VectorQuantizer
 
 K, D, DECAY, BETA, EPS = 512, 64, 0.99, 0.25, 1e-5
 
@@ -53,33 +64,63 @@ class MinimalEMAQuantizer(nn.Module):
         return q.reshape(z.shape[0], z.shape[2], z.shape[3], D).permute(0, 3, 1, 2), loss
 
 
-def step_fn(name: str) -> Callable[[torch.Tensor], None]:
-    """One forward+backward of the named implementation, in training mode."""
-    if name == "ours":
-        vq = VectorQuantizer(K, D, beta=BETA, ema=True, decay=DECAY, epsilon=EPS).train()
+def ours(name: str) -> nn.Module:
+    """Our quantizer of pair ``name``."""
+    if name == "fsq":
+        return FSQ([8, 5, 5, 5], code_dim=D)
+    if name == "lfq":
+        return LFQ(1024, code_dim=D, beta=BETA, entropy_weight=0.1, temperature=0.01)
+    if name == "rvq":
+        return ResidualVQ(4, K, D, beta=BETA, ema=True, decay=DECAY, epsilon=EPS)
+    return VectorQuantizer(K, D, beta=BETA, ema=True, decay=DECAY, epsilon=EPS, rotation_trick=name == "vq_rotation")
 
-        def run(z: torch.Tensor) -> None:
-            out = vq(z)
-            (out.quantized.sum() + out.loss).backward()
 
-    elif name == "minimal":
+def theirs(name: str) -> nn.Module:
+    """vector-quantize-pytorch's counterpart of pair ``name``, with the same settings."""
+    import vector_quantize_pytorch as vqp
+
+    if name == "fsq":
+        return vqp.FSQ([8, 5, 5, 5], dim=D, channel_first=True)
+    if name == "lfq":
+        return vqp.LFQ(dim=D, codebook_size=1024, entropy_loss_weight=0.1, commitment_loss_weight=BETA,
+                       channel_first=True)
+    if name == "rvq":
+        return vqp.ResidualVQ(dim=D, num_quantizers=4, codebook_size=K, decay=DECAY, commitment_weight=BETA, eps=EPS,
+                              rotation_trick=False)  # its accept_image_fmap fails in 1.32: fed (B, h*w, D) views
+    return vqp.VectorQuantize(dim=D, codebook_size=K, decay=DECAY, commitment_weight=BETA, eps=EPS,
+                              accept_image_fmap=True, rotation_trick=name == "vq_rotation")
+
+
+def step_fn(name: str, implementation: str) -> Callable[[torch.Tensor], None]:
+    """One forward+backward of pair ``name``'s ``implementation`` (ours, vqp or minimal), in training mode."""
+    if implementation == "minimal":
         mq = MinimalEMAQuantizer().train()
 
         def run(z: torch.Tensor) -> None:
             q, loss = mq(z)
             (q.sum() + loss).backward()
 
-    else:
-        from vector_quantize_pytorch import VectorQuantize
-
-        lq = VectorQuantize(dim=D, codebook_size=K, decay=DECAY, commitment_weight=BETA, eps=EPS,
-                            accept_image_fmap=True).train()
+    elif implementation == "ours":
+        quantizer = ours(name).train()
 
         def run(z: torch.Tensor) -> None:
-            q, _, loss = lq(z)
-            (q.sum() + loss.sum()).backward()
+            out = quantizer(z)
+            (out.quantized.sum() + out.loss).backward()
+
+    else:
+        counterpart = theirs(name).train()
+
+        def run(z: torch.Tensor) -> None:
+            out = counterpart(z.flatten(2).transpose(1, 2) if name == "rvq" else z)
+            if name == "fsq":  # (quantized, indices): no loss
+                out[0].sum().backward()
+            else:  # (quantized, indices, loss[, ...])
+                (out[0].sum() + out[2].sum()).backward()
 
     return run
+
+
+PAIRS = ("vq", "vq_rotation", "fsq", "lfq", "rvq")
 
 
 def main() -> None:
@@ -87,32 +128,37 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--iters", type=int, default=10, help="forward+backward passes per timed round")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pairs", nargs="+", choices=PAIRS, default=list(PAIRS))
     parser.add_argument("--out", default="benchmarks/results/quantizer_speed.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    names = ["ours", "vector-quantize-pytorch", "minimal"]
-    fns = {n: step_fn(n) for n in names}
+    runs = [(pair, impl) for pair in args.pairs for impl in ("ours", "vector-quantize-pytorch")]
+    runs += [("vq", "minimal")] if "vq" in args.pairs else []
+    fns = {run: step_fn(*run) for run in runs}
     z = torch.randn(128, D, 8, 8, requires_grad=True)
     for fn in fns.values():  # warm-up
         for _ in range(3):
             fn(z)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
     for _ in range(args.rounds):
-        for n in names:
+        for run in runs:
             start = time.perf_counter()
             for _ in range(args.iters):
-                fns[n](z)
-            times[n].append((time.perf_counter() - start) / args.iters * 1e3)
-    med = {n: statistics.median(t) for n, t in times.items()}
-    result = {"ms_median": med, "vqp_over_ours": med["vector-quantize-pytorch"] / med["ours"],
-              "ours_over_minimal": med["ours"] / med["minimal"], "threads": args.threads, "rounds": args.rounds,
-              "iters": args.iters, "torch": torch.__version__}
-    print("| implementation | median ms / forward+backward |\n| --- | --- |")
-    for n in names:
-        print(f"| {n} | {med[n]:.2f} |")
-    print(f"vector-quantize-pytorch / ours = {result['vqp_over_ours']:.2f}x; "
-          f"ours / minimal = {result['ours_over_minimal']:.2f}x")
+                fns[run](z)
+            times[run].append((time.perf_counter() - start) / args.iters * 1e3)
+    med = {run: statistics.median(t) for run, t in times.items()}
+    ratios = {pair: med[pair, "vector-quantize-pytorch"] / med[pair, "ours"] for pair in args.pairs}
+    print("| quantizer | ours ms | vector-quantize-pytorch ms | vqp / ours |\n| --- | --- | --- | --- |")
+    for pair in args.pairs:
+        print(f"| {pair} | {med[pair, 'ours']:.2f} | {med[pair, 'vector-quantize-pytorch']:.2f} | "
+              f"{ratios[pair]:.2f} |")
+    if "vq" in args.pairs:
+        print(f"minimal EMA quantizer: {med['vq', 'minimal']:.2f} ms; ours / minimal = "
+              f"{med['vq', 'ours'] / med['vq', 'minimal']:.2f}x")
+    result = {"ms_median": {f"{pair}/{impl}": value for (pair, impl), value in med.items()},
+              "vqp_over_ours": ratios, "threads": args.threads, "rounds": args.rounds, "iters": args.iters,
+              "torch": torch.__version__}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
 

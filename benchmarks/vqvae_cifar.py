@@ -11,6 +11,21 @@ and the validation-set codebook perplexity at each report step.
         python benchmarks/vqvae_cifar.py --variant sonnet --steps 2000 --report-at 1000 2000
     python benchmarks/vqvae_cifar.py --summarize     # mean, sd and range over the seeds run so far
 
+``--quantizer`` swaps the quantizer (issue 15), everything else as in the sonnet setting (D=64, same encoder and
+decoder), and ``--eval-set test`` scores the 10,000 test images (error, perplexity and used fraction of the codes):
+
+    python benchmarks/vqvae_cifar.py --variant sonnet --quantizer fsq --steps 2000 --report-at 1000 2000 \
+        --eval-set test --val-images 10000
+
+| ``--quantizer`` | quantizer |
+| --- | --- |
+| ``vq`` | today's default: ``VectorQuantizer(512, 64)``, EMA |
+| ``vq_rotation`` | the same with the rotation trick |
+| ``vq_factorized`` | ``VectorQuantizer(512, 64, codebook_dim=8, cosine=True)`` (EMA) |
+| ``fsq`` | ``FSQ([8, 5, 5, 5], code_dim=64)``: 1,000 codes |
+| ``lfq`` | ``LFQ(1024, code_dim=64)``: 2^10 codes |
+| ``rvq`` | ``ResidualVQ(4, 512, 64)``: 4 levels of 512 (EMA) |
+
 ``--jpeg-quality Q`` re-compresses the training and validation images as JPEG at quality Q first: the CIFAR-10
 here is a JPEG copy (about quality 75) of the original, and this measures how much such compression moves the
 figures.
@@ -31,7 +46,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lightning_ae import VQVAE, CIFAR10DataModule, CodebookUsage
+from lightning_ae import FSQ, LFQ, VQVAE, CIFAR10DataModule, CodebookUsage, ResidualVQ, VectorQuantizer
+from lightning_ae.quantizers import Quantizer
 
 VARIANTS = {
     "sonnet": {"weight_init": "sonnet"},
@@ -39,6 +55,20 @@ VARIANTS = {
     "kmeans_restart": {"weight_init": "sonnet", "kmeans_init": True, "restart_threshold": 1.0},
     "learned_codebook": {"weight_init": "sonnet", "ema": False},
 }
+
+QUANTIZERS = ("vq", "vq_rotation", "vq_factorized", "fsq", "lfq", "rvq")
+
+
+def build_quantizer(name: str) -> Quantizer | None:
+    """The quantizer of a ``--quantizer`` row (``None``: the VQ-VAE builds its default from the variant)."""
+    return {
+        "vq": lambda: None,
+        "vq_rotation": lambda: VectorQuantizer(512, 64, rotation_trick=True),
+        "vq_factorized": lambda: VectorQuantizer(512, 64, codebook_dim=8, cosine=True),
+        "fsq": lambda: FSQ([8, 5, 5, 5], code_dim=64),
+        "lfq": lambda: LFQ(1024, code_dim=64),
+        "rvq": lambda: ResidualVQ(4, 512, 64),
+    }[name]()
 
 
 def batches(images: torch.Tensor, batch_size: int, seed: int):
@@ -61,13 +91,16 @@ def jpeg_recompressed(images: torch.Tensor, quality: int) -> torch.Tensor:
 
 
 def run_name(args: argparse.Namespace) -> str:
-    return args.variant + (f"_jpeg{args.jpeg_quality}" if args.jpeg_quality else "")
+    quantizer = "" if args.quantizer == "vq" else f"_{args.quantizer}"
+    evaluation = "_test" if args.eval_set == "test" else ""
+    return args.variant + quantizer + evaluation + (f"_jpeg{args.jpeg_quality}" if args.jpeg_quality else "")
 
 
 @torch.no_grad()
 def evaluate(model: VQVAE, dm: CIFAR10DataModule, images: torch.Tensor, variance: float) -> dict[str, float]:
     model.eval()
-    usage, se, n = CodebookUsage(model.quantizer.num_codes), 0.0, 0
+    quantizer = model.quantizer
+    usage, se, n = CodebookUsage(quantizer.codebook_size, quantizer.indices_per_position), 0.0, 0
     for chunk in images.split(500):
         x = dm.transform(chunk, training=False)
         q = model.quantize(model.encode(x))
@@ -75,12 +108,17 @@ def evaluate(model: VQVAE, dm: CIFAR10DataModule, images: torch.Tensor, variance
         n += x.numel()
         usage.update(q.indices)
     model.train()
-    return {"val_error": se / n / variance, "val_perplexity": usage.compute()["perplexity"].item()}
+    figures = usage.compute()
+    return {"val_error": se / n / variance, "val_perplexity": figures["perplexity"].item(),
+            "val_used_fraction": figures["used_fraction"].item()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="sonnet")
+    parser.add_argument("--quantizer", choices=QUANTIZERS, default="vq")
+    parser.add_argument("--eval-set", choices=["val", "test"], default="val",
+                        help="the images scored at report steps (the val_* figures): the first --val-images of it")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--report-at", type=int, nargs="+", default=[1000, 2000])
     parser.add_argument("--batch-size", type=int, default=32)
@@ -100,15 +138,19 @@ def main() -> None:
     torch.manual_seed(args.seed)
     dm = CIFAR10DataModule(data_dir=os.environ["LIGHTNING_AE_CIFAR10"], download=False, pixel_range=(-0.5, 0.5))
     dm.setup("fit")
-    val_images = dm.val_set.images[: args.val_images]
+    if args.eval_set == "test":
+        dm.setup("test")
+    val_images = (dm.test_set if args.eval_set == "test" else dm.val_set).images[: args.val_images]
     if args.jpeg_quality:
         dm.train_set.images = jpeg_recompressed(dm.train_set.images, args.jpeg_quality)
         val_images = jpeg_recompressed(val_images, args.jpeg_quality)
     train_images = dm.train_set.images
     variance = dm.pixel_variance()
-    setting = {"ema": True, "decay": 0.99, "data_variance": variance, **VARIANTS[args.variant]}
-    model = VQVAE(image_shape=(3, 32, 32), pixel_range=(-0.5, 0.5), latent_dim=64, num_codes=512, beta=0.25,
-                  **setting)
+    quantizer = build_quantizer(args.quantizer)
+    setting = {"data_variance": variance, **VARIANTS[args.variant]}
+    if quantizer is None:
+        setting = {"ema": True, "decay": 0.99, "num_codes": 512, "beta": 0.25, **setting}
+    model = VQVAE(image_shape=(3, 32, 32), pixel_range=(-0.5, 0.5), latent_dim=64, quantizer=quantizer, **setting)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     errors, perplexities, rows, start = [], [], [], time.perf_counter()
     model.train()
@@ -154,8 +196,10 @@ def summarize(out: Path) -> None:
             groups[result["variant"], row["step"]].append(row)
     for (variant, step), rows in sorted(groups.items()):
         cells = []
-        for key in ("train_error", "train_perplexity", "val_error", "val_perplexity"):
-            values = [row[key] for row in rows]
+        for key in ("train_error", "train_perplexity", "val_error", "val_perplexity", "val_used_fraction"):
+            values = [row[key] for row in rows if key in row]
+            if not values:
+                continue
             sd = statistics.stdev(values) if len(values) > 1 else float("nan")
             mean, low, high = statistics.mean(values), min(values), max(values)
             cells.append(f"  {key:16s} {mean:8.4g} sd {sd:6.2g} [{low:.4g}, {high:.4g}]")

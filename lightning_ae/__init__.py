@@ -31,11 +31,13 @@ from lightning_ae.models import (
     PixelCNNPrior,
     SparseAutoencoder,
 )
-from lightning_ae.quantizers import VectorQuantizer
+from lightning_ae.quantizers import FSQ, LFQ, Quantizer, QuantizerOutput, ResidualVQ, VectorQuantizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FSQ",
+    "LFQ",
     "VAE",
     "VQVAE",
     "ArrayDataModule",
@@ -56,7 +58,10 @@ __all__ = [
     "MNISTDataModule",
     "PixelCNNPrior",
     "PredictionWriter",
+    "Quantizer",
+    "QuantizerOutput",
     "ReconstructionGrid",
+    "ResidualVQ",
     "SampleGrid",
     "SparseAutoencoder",
     "StreamingImageDataModule",

@@ -9,14 +9,17 @@ from lightning_ae.quantizers import perplexity_of_counts
 
 
 class CodebookUsage(Metric):
-    """Codebook health of a vector quantizer: how the code indices seen since the last reset spread over K codes.
+    """Codebook health of a quantizer: how the code indices seen since the last reset spread over K codes.
 
     ``compute()`` returns ``{"perplexity": exp(-sum p log p), "used_fraction": share of codes used at least once,
     "dead_codes": number of codes never used}``. Counts are summed over DDP ranks (``dist_reduce_fx="sum"``), so
-    the figures are those of all ranks' data together.
+    the figures are those of all ranks' data together. With ``levels`` Q > 1 (a residual quantizer, indices
+    ``(B, Q, ...)``) each level is counted on its own, ``counts`` is ``(Q, K)``, the perplexity is the mean of the
+    levels' and the used fraction and dead codes are over all ``Q * K`` codes.
 
     Args:
-        num_codes: codebook size K.
+        num_codes: codebook size K (of one level).
+        levels: indices per position Q (the quantizer's ``indices_per_position``).
     """
 
     full_state_update = False
@@ -24,26 +27,35 @@ class CodebookUsage(Metric):
     higher_is_better = True
     counts: torch.Tensor
 
-    def __init__(self, num_codes: int) -> None:
+    def __init__(self, num_codes: int, levels: int = 1) -> None:
         super().__init__()
         if num_codes < 1:
             raise ValueError(f"num_codes must be >= 1, got {num_codes}")
-        self.num_codes = num_codes
-        self.add_state("counts", default=torch.zeros(num_codes, dtype=torch.long), dist_reduce_fx="sum")
+        if levels < 1:
+            raise ValueError(f"levels must be >= 1, got {levels}")
+        self.num_codes, self.levels = num_codes, levels
+        shape = (num_codes,) if levels == 1 else (levels, num_codes)
+        self.add_state("counts", default=torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, indices: torch.Tensor) -> None:
-        """Counts code ``indices`` (any shape, values in ``[0, num_codes)``)."""
-        counts = torch.bincount(indices.reshape(-1).long(), minlength=self.num_codes)  # no host sync for checks
-        if counts.numel() != self.num_codes:
-            raise ValueError(f"indices must lie in [0, {self.num_codes}), got a maximum of {counts.numel() - 1}")
-        self.counts += counts
+        """Counts code ``indices`` (any shape; ``(B, levels, ...)`` when ``levels`` > 1; values in
+        ``[0, num_codes)``)."""
+        if self.levels > 1 and (indices.ndim < 2 or indices.shape[1] != self.levels):
+            raise ValueError(f"expected indices (B, {self.levels}, ...) with levels={self.levels}, "
+                             f"got {tuple(indices.shape)}")
+        per_level = indices.movedim(1, 0) if self.levels > 1 else indices.unsqueeze(0)
+        counts = [torch.bincount(level.reshape(-1).long(), minlength=self.num_codes) for level in per_level]
+        longest = max(c.numel() for c in counts)  # the size, not a value, tells an index out of range
+        if longest != self.num_codes:
+            raise ValueError(f"indices must lie in [0, {self.num_codes}), got a maximum of {longest - 1}")
+        self.counts += torch.stack(counts).reshape(self.counts.shape)
 
     def compute(self) -> dict[str, torch.Tensor]:
         used = (self.counts > 0).sum()
         return {
-            "perplexity": perplexity_of_counts(self.counts),
-            "used_fraction": used.float() / self.num_codes,
-            "dead_codes": (self.num_codes - used).float(),
+            "perplexity": perplexity_of_counts(self.counts).mean(),
+            "used_fraction": used.float() / self.counts.numel(),
+            "dead_codes": (self.counts.numel() - used).float(),
         }
 
 

@@ -1,5 +1,7 @@
 """Run by tests/test_vqvae_ddp.py: trains a VQVAE (EMA, k-means init, restarts) on 2 CPU ranks with gloo and writes
-each rank's codebook state, its validation shard's code indices and the logged usage metrics to ``argv[1]``."""
+each rank's quantizer state, its validation shard's code indices and the logged usage metrics to ``argv[1]``.
+``argv[2]`` picks the quantizer: ``vq`` (the default ``VectorQuantizer``) or ``rvq`` (a 3-level ``ResidualVQ``
+with quantizer dropout)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,17 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from lightning_ae import VQVAE, FakeImageDataModule
+from lightning_ae import VQVAE, FakeImageDataModule, ResidualVQ
 
 
-def main(out: Path) -> None:
+def main(out: Path, kind: str) -> None:
     seed_everything(0)
-    model = VQVAE(image_shape=(1, 16, 16), latent_dim=8, num_codes=32, hidden_channels=16, res_channels=8,
-                  kmeans_init=True, restart_threshold=1.0)
+    common = {"image_shape": (1, 16, 16), "latent_dim": 8, "hidden_channels": 16, "res_channels": 8}
+    if kind == "rvq":
+        model = VQVAE(quantizer=ResidualVQ(num_quantizers=3, num_codes=32, code_dim=8, kmeans_init=True,
+                                           restart_threshold=1.0, quantizer_dropout=True), **common)
+    else:
+        model = VQVAE(num_codes=32, kmeans_init=True, restart_threshold=1.0, **common)
     data = FakeImageDataModule(image_shape=(1, 16, 16), num_train=128, val_size=40, batch_size=8)
     trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=6, num_sanity_val_steps=0, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
@@ -26,11 +32,9 @@ def main(out: Path) -> None:
     with torch.no_grad():
         indices = [model.encode_indices(data.transform(images, training=False))
                    for images, _ in data.val_dataloader()]
-    q = model.quantizer
-    torch.save({"codebook": q.codebook.detach(), "cluster_size": q.cluster_size, "embed_sum": q.embed_sum,
-                "initialized": q.initialized, "indices": torch.cat(indices).reshape(-1), "metrics": metrics},
-               out / f"rank{rank}.pt")
+    state = {key: value.detach().clone() for key, value in model.quantizer.state_dict().items()}
+    torch.save({"state": state, "indices": torch.cat(indices), "metrics": metrics}, out / f"rank{rank}.pt")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "vq")

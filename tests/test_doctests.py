@@ -7,8 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["lightning_ae.batch", "lightning_ae.losses", "lightning_ae.distributions", "lightning_ae.quantizers",
-           "lightning_ae.corruptions", "lightning_ae.nets.defaults"]
+MODULES = ["lightning_ae.batch", "lightning_ae.losses", "lightning_ae.distributions",
+           "lightning_ae.quantizers.functional", "lightning_ae.corruptions", "lightning_ae.nets.defaults"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,6 +1,7 @@
 """DDP for real on CPU (2 ranks, gloo): every rank holds the identical codebook after training with EMA, k-means
 init and restarts, and the epoch metrics that reduce their own state (the VQ-VAE's codebook usage, the VAE's active
-units) count both ranks' data, with no warning from Lightning about unsynchronised epoch logs."""
+units) count both ranks' data, with no warning from Lightning about unsynchronised epoch logs; residual VQ keeps
+every level identical; LFQ's batch entropy and its gradient are those of the union of the ranks' batches."""
 
 from __future__ import annotations
 
@@ -11,32 +12,43 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_ae import LFQ
 from lightning_ae.quantizers import perplexity_of_counts
+from tests.ddp_lfq_script import batch
 
 UNSYNCED_WARNING = "when logging on epoch level in distributed setting"
 
 
-def run_script(name: str, tmp_path: Path) -> tuple[dict, dict]:
+def run_script(name: str, tmp_path: Path, *args: str) -> tuple[dict, dict]:
     """Runs a 2-rank script from tests/, checks it succeeded without the unsynchronised-log warning, and returns
     what each rank saved."""
     script = Path(__file__).with_name(name)
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=600,
-                          cwd=tmp_path)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), *args], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert UNSYNCED_WARNING not in proc.stderr, proc.stderr[-3000:]
     return tuple(torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))  # type: ignore[return-value]
 
 
 @pytest.mark.slow
-def test_ddp_ranks_hold_identical_codebooks(tmp_path: Path) -> None:
-    r0, r1 = run_script("ddp_vqvae_script.py", tmp_path)
-    assert bool(r0["initialized"]) and bool(r1["initialized"])
-    for key in ("codebook", "cluster_size", "embed_sum"):
-        assert torch.equal(r0[key], r1[key]), key  # bit-identical
+@pytest.mark.parametrize("kind", ["vq", "rvq"])
+def test_ddp_ranks_hold_identical_codebooks(kind: str, tmp_path: Path) -> None:
+    """EMA, k-means init and restarts (and, for residual VQ, quantizer dropout) leave every level's codebook and
+    statistics bit-identical on both ranks; the epoch's usage counts both ranks' codes, per level."""
+    r0, r1 = run_script("ddp_vqvae_script.py", tmp_path, kind)
+    levels = 3 if kind == "rvq" else 1
+    assert sum(key.endswith("codebook") for key in r0["state"]) == levels
+    for key, value in r0["state"].items():
+        assert torch.equal(value, r1["state"][key]), key  # bit-identical
+        if key.endswith("initialized"):
+            assert bool(value)
     assert not torch.equal(r0["indices"], r1["indices"])  # the ranks did see different data
-    counts = torch.bincount(torch.cat([r0["indices"], r1["indices"]]), minlength=32)
+    both = torch.cat([r0["indices"], r1["indices"]])
+    per_level = both.movedim(1, 0).reshape(levels, -1) if levels > 1 else both.reshape(1, -1)
+    counts = torch.stack([torch.bincount(level, minlength=32) for level in per_level])
     for r in (r0, r1):
-        assert r["metrics"]["val/codebook_perplexity"] == pytest.approx(perplexity_of_counts(counts).item(), rel=1e-5)
+        assert r["metrics"]["val/codebook_perplexity"] == pytest.approx(
+            perplexity_of_counts(counts).mean().item(), rel=1e-5)
         assert r["metrics"]["val/codebook_used_fraction"] == pytest.approx((counts > 0).float().mean().item())
 
 
@@ -53,3 +65,20 @@ def test_ddp_vae_active_units_count_both_ranks(tmp_path: Path) -> None:
     assert {active(r0["means"]), active(r1["means"])} != {expected}  # the threshold tells one shard from both
     for r in (r0, r1):
         assert r["metrics"]["val/active_units"] == expected
+
+
+@pytest.mark.slow
+def test_ddp_lfq_batch_entropy_is_that_of_the_union(tmp_path: Path) -> None:
+    """LFQ's codebook entropy over 2 ranks equals one process's on both halves together, and so does the gradient
+    once DDP averages it over the ranks (the differentiable all-reduce sums the ranks' output gradients)."""
+    r0, r1 = run_script("ddp_lfq_script.py", tmp_path)
+    z = batch().requires_grad_(True)
+    union = LFQ(num_codes=16, temperature=0.5).train()(z, update=False)  # one process: its own batch is the union
+    union.loss.backward()
+    halves = [LFQ(num_codes=16, temperature=0.5)(half, update=False).terms["codebook_entropy"] for half in z.chunk(2)]
+    for r in (r0, r1):
+        torch.testing.assert_close(r["terms"]["codebook_entropy"], union.terms["codebook_entropy"])
+    assert all(abs(h - union.terms["codebook_entropy"]) > 1e-3 for h in halves)  # a shard alone differs
+    torch.testing.assert_close((r0["terms"]["per_sample_entropy"] + r1["terms"]["per_sample_entropy"]) / 2,
+                               union.terms["per_sample_entropy"])
+    torch.testing.assert_close(torch.cat([r0["grad"], r1["grad"]]) / 2, z.grad)

@@ -13,13 +13,19 @@ from lightning_ae.callbacks.logging import log_image, new_figure
 
 
 def usage_figure(counts: torch.Tensor, title: str = "codebook usage") -> Figure:
-    """A bar chart of code usage ``counts`` ``(K,)``, sorted from the most to the least used code."""
+    """A bar chart of code usage ``counts`` ``(K,)``, sorted from the most to the least used code; for the
+    ``(Q, K)`` counts of a residual quantizer, one sorted curve per level."""
     counts = counts.detach().cpu().double()
-    share = (counts / counts.sum().clamp_min(1)).sort(descending=True).values.numpy()
+    share = (counts / counts.sum(-1, keepdim=True).clamp_min(1)).sort(-1, descending=True).values.numpy()
     figure = new_figure(7.0, 4.0)
     ax = figure.add_subplot()
-    ax.bar(range(len(share)), share, width=1.0, color="tab:blue")
-    ax.set_xlim(-0.5, len(share) - 0.5)
+    if share.ndim == 1:
+        ax.bar(range(len(share)), share, width=1.0, color="tab:blue")
+    else:
+        for level, row in enumerate(share):
+            ax.step(range(len(row)), row, where="mid", label=f"level {level}")
+        ax.legend()
+    ax.set_xlim(-0.5, share.shape[-1] - 0.5)
     ax.set_xlabel("code (sorted by usage)")
     ax.set_ylabel("share of assignments")
     ax.set_title(title)
@@ -63,10 +69,11 @@ class CodebookUsageMonitor(EpochCallback):
         if self.last_counts.sum() == 0:  # no validation data at all: nothing to report
             return
         self.last_values = {k: float(v) for k, v in values.items()}
-        self._warn_if_collapsed(usage.num_codes)
+        total = self.last_counts.numel()
+        self._warn_if_collapsed(total)
         if trainer.is_global_zero:
-            used = usage.num_codes - int(self.last_values["dead_codes"])
-            title = (f"codebook usage{epoch_label(trainer)}: {used}/{usage.num_codes} codes used, "
+            used = total - int(self.last_values["dead_codes"])
+            title = (f"codebook usage{epoch_label(trainer)}: {used}/{total} codes used, "
                      f"perplexity {self.last_values['perplexity']:.1f}")
             log_image(trainer, "val/codebook_usage", usage_figure(self.last_counts, title))
 

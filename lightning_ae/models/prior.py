@@ -49,6 +49,17 @@ def load_vqvae(path: str) -> tuple[VQVAE, dict[str, Any]]:
     return vqvae, hparams
 
 
+def check_one_index_per_position(vqvae: VQVAE) -> None:
+    """Raises a clear error for a quantizer with several indices per position (residual VQ)."""
+    levels = vqvae.quantizer.indices_per_position
+    if levels > 1:
+        raise ValueError(
+            f"PixelCNNPrior models one code index per position, but the VQ-VAE's quantizer "
+            f"{type(vqvae.quantizer).__name__} gives {levels} per position (indices (B, {levels}, h, w)): a prior over "
+            "residual codes needs a model of all levels (e.g. a depth transformer, RQ-Transformer), which this "
+            "PixelCNN is not; train the VQ-VAE with VectorQuantizer, FSQ or LFQ for a PixelCNN prior")
+
+
 class PixelCNNPrior(PretrainedMixin, LightningModule):
     """Stage two of the VQ-VAE: a gated PixelCNN trained on the codes of a frozen VQ-VAE, computed on the fly.
 
@@ -59,6 +70,10 @@ class PixelCNNPrior(PretrainedMixin, LightningModule):
     The prior's hyperparameters hold the VQ-VAE's (``vqvae_hparams``) and its state dict the VQ-VAE's weights, so
     ``load_from_checkpoint`` restores exactly the VQ-VAE the prior was trained on without reading
     ``vqvae_checkpoint`` (which may since have moved, or been overwritten by a new run).
+
+    The prior's vocabulary is the quantizer's ``codebook_size`` (``VectorQuantizer``, ``FSQ`` and ``LFQ`` give one
+    index per position); a VQ-VAE with a ``ResidualVQ`` (Q indices per position) is refused with a ``ValueError``:
+    a PixelCNN over one grid does not model the levels' joint distribution.
 
     Args:
         vqvae_checkpoint: path of a trained :class:`VQVAE` checkpoint (``lightning-ae fit`` writes one) or model
@@ -103,11 +118,12 @@ class PixelCNNPrior(PretrainedMixin, LightningModule):
             raise ValueError(f"image_shape {tuple(image_shape)} does not match the VQ-VAE's {vqvae.image_shape}")
         if tuple(float(p) for p in pixel_range) != vqvae.pixel_range:
             raise ValueError(f"pixel_range {tuple(pixel_range)} does not match the VQ-VAE's {vqvae.pixel_range}")
+        check_one_index_per_position(vqvae)
         self.vqvae = vqvae.eval().requires_grad_(False)
         self.image_shape = vqvae.image_shape
         self.grid_shape: tuple[int, int] = tuple(  # type: ignore[assignment]
             self.vqvae.encode_indices(torch.zeros(1, *self.image_shape)).shape[1:])
-        self.pixelcnn = GatedPixelCNN(vqvae.quantizer.num_codes, channels, num_layers, kernel_size)
+        self.pixelcnn = GatedPixelCNN(vqvae.quantizer.codebook_size, channels, num_layers, kernel_size)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
 

@@ -3,18 +3,37 @@ nearest of K codes, decoded back; loss = reconstruction / data variance + codebo
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lightning_ae.distributed import log_global
 from lightning_ae.metrics import CodebookUsage
 from lightning_ae.models.base import AutoencoderBase, LossOutput, Stage
 from lightning_ae.nets.common import Init
-from lightning_ae.quantizers import QuantizerOutput, VectorQuantizer
+from lightning_ae.quantizers import Quantizer, QuantizerOutput, VectorQuantizer
 
 STAGES: tuple[Stage, ...] = ("train", "val", "test")
+
+
+def check_quantizer(quantizer: nn.Module, latent_dim: int, vq_arguments: dict[str, Any]) -> Quantizer:
+    """Checks a quantizer given to :class:`VQVAE`: a :class:`Quantizer` whose ``code_dim`` is ``latent_dim``, and
+    no :class:`VectorQuantizer` argument of the VQ-VAE set to a non-default value (it would be ignored)."""
+    if not isinstance(quantizer, Quantizer):
+        raise TypeError(f"quantizer must be a lightning_ae.quantizers.Quantizer (VectorQuantizer, FSQ, LFQ, "
+                        f"ResidualVQ or a subclass of your own), got {type(quantizer).__name__}")
+    if quantizer.code_dim != latent_dim:
+        raise ValueError(f"the quantizer's code_dim={quantizer.code_dim} differs from the VQ-VAE's latent_dim="
+                         f"{latent_dim} (the encoder's output channels): set both to the same value")
+    defaults = inspect.signature(VQVAE.__init__).parameters
+    ignored = [name for name, value in vq_arguments.items() if value != defaults[name].default]
+    if ignored:
+        raise ValueError(f"{', '.join(ignored)} configure the default VectorQuantizer, but a quantizer "
+                         f"({type(quantizer).__name__}) was given: set them on the quantizer instead")
+    return quantizer
 
 
 class VQVAE(AutoencoderBase):
@@ -23,8 +42,13 @@ class VQVAE(AutoencoderBase):
     ``encode(x)`` gives the pre-quantization latents ``z_e`` ``(B, D, h, w)``; ``decode(z)`` quantizes and decodes
     (so ``forward`` reconstructs through the codebook); ``encode_indices`` / ``decode_indices`` go through code
     indices, for a prior over them (:class:`~lightning_ae.models.prior.PixelCNNPrior`). Logs ``{stage}/recon``,
-    ``codebook``, ``commitment``, ``perplexity`` per batch and, per epoch, the :class:`CodebookUsage` of train,
-    val and test (``{stage}/codebook_perplexity``, ``codebook_used_fraction``, ``codebook_dead_codes``).
+    ``codebook``, ``commitment``, ``perplexity`` and the quantizer's own terms (LFQ's entropies) per batch and, per
+    epoch, the :class:`CodebookUsage` of train, val and test (``{stage}/codebook_perplexity``,
+    ``codebook_used_fraction``, ``codebook_dead_codes``).
+
+    The quantizer is any :class:`~lightning_ae.quantizers.Quantizer` (``VectorQuantizer``, ``FSQ``, ``LFQ``,
+    ``ResidualVQ``), given as ``quantizer`` (from YAML with ``class_path``); by default a ``VectorQuantizer`` built
+    from ``num_codes`` ... ``cosine`` below, which must then keep their defaults.
 
     Args:
         latent_dim: code dimension ``D``.
@@ -46,6 +70,8 @@ class VQVAE(AutoencoderBase):
             it weighs eq. 3's first term against the commitment. The logged ``recon`` stays the plain MSE.
         weight_init: initialisation of the default networks: ``torch`` (PyTorch's defaults) or ``sonnet``
             (sonnet 2's: truncated normal with std ``1/sqrt(fan_in)``, zero biases).
+        quantizer: the quantizer; its ``code_dim`` must equal ``latent_dim``. ``None``: ``VectorQuantizer(num_codes,
+            latent_dim, beta, ema, decay, epsilon, kmeans_init, kmeans_iters, restart_threshold, cosine)``.
         **kwargs: the other arguments of :class:`~lightning_ae.models.AutoencoderBase` (sonnet's optimizer is Adam
             with lr 3e-4, its ``pixel_range`` ``(-0.5, 0.5)``).
     """
@@ -68,6 +94,7 @@ class VQVAE(AutoencoderBase):
         num_res_blocks: int = 2,
         data_variance: float = 1.0,
         weight_init: Init = "torch",
+        quantizer: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         if not data_variance > 0:
@@ -77,11 +104,14 @@ class VQVAE(AutoencoderBase):
         super().__init__(latent_dim=latent_dim, network=network, **kwargs)
         self.init_networks(spatial=True, hidden_channels=hidden_channels, res_channels=res_channels,
                            num_res_blocks=num_res_blocks, init=weight_init)
-        self.quantizer = VectorQuantizer(num_codes, latent_dim, beta, ema, decay, epsilon, kmeans_init, kmeans_iters,
-                                         restart_threshold, cosine)
+        vq_arguments = {"num_codes": num_codes, "beta": beta, "ema": ema, "decay": decay, "epsilon": epsilon,
+                        "kmeans_init": kmeans_init, "kmeans_iters": kmeans_iters,
+                        "restart_threshold": restart_threshold, "cosine": cosine}
+        self.quantizer: Quantizer = (VectorQuantizer(code_dim=latent_dim, **vq_arguments) if quantizer is None
+                                     else check_quantizer(quantizer, latent_dim, vq_arguments))
         self.data_variance = data_variance
         self.train_codebook_usage, self.val_codebook_usage, self.test_codebook_usage = (
-            CodebookUsage(num_codes) for _ in STAGES)
+            CodebookUsage(self.quantizer.codebook_size, self.quantizer.indices_per_position) for _ in STAGES)
 
     # ---- the contract used by the prior and the callbacks --------------------------------------------------------
     def quantize(self, z_e: torch.Tensor, update: bool = False) -> QuantizerOutput:
@@ -93,11 +123,12 @@ class VQVAE(AutoencoderBase):
         return self.decoder(self.quantize(z).quantized)
 
     def encode_indices(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, C, H, W)`` -> code indices ``(B, h, w)`` (int64)."""
+        """Images ``(B, C, H, W)`` -> code indices ``(B, h, w)`` (int64; ``(B, Q, h, w)`` for residual VQ)."""
         return self.quantize(self.encode(self.check_images(x))).indices
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Code indices ``(B, h, w)`` -> images ``(B, C, H, W)`` in pixel space."""
+        """Code indices ``(B, h, w)`` (``(B, Q, h, w)`` for residual VQ) -> images ``(B, C, H, W)`` in pixel
+        space."""
         return self.output_to_image(self.decoder(self.quantizer.indices_to_codes(indices)))
 
     def codebook_usage(self, stage: Stage) -> CodebookUsage:
@@ -111,7 +142,8 @@ class VQVAE(AutoencoderBase):
         recon = F.mse_loss(x_hat, x)
         self.codebook_usage(stage).update(q.indices)
         return LossOutput(recon / self.data_variance + q.loss, x_hat, {
-            "recon": recon, "codebook": q.codebook_loss, "commitment": q.commitment_loss, "perplexity": q.perplexity})
+            "recon": recon, "codebook": q.codebook_loss, "commitment": q.commitment_loss, "perplexity": q.perplexity,
+            **q.terms})
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         """As :meth:`AutoencoderBase.predict_step`, plus the code ``"indices"`` ``(B, h, w)``."""
