@@ -53,17 +53,17 @@ class MinimalEMAQuantizer(nn.Module):
         return q.reshape(z.shape[0], z.shape[2], z.shape[3], D).permute(0, 3, 1, 2), loss
 
 
-def step_fn(name: str) -> Callable[[torch.Tensor], None]:
-    """One forward+backward of the named implementation, in training mode."""
+def step_fn(name: str, device: torch.device) -> Callable[[torch.Tensor], None]:
+    """One forward+backward of the named implementation, in training mode, on ``device``."""
     if name == "ours":
-        vq = VectorQuantizer(K, D, beta=BETA, ema=True, decay=DECAY, epsilon=EPS).train()
+        vq = VectorQuantizer(K, D, beta=BETA, ema=True, decay=DECAY, epsilon=EPS).train().to(device)
 
         def run(z: torch.Tensor) -> None:
             out = vq(z)
             (out.quantized.sum() + out.loss).backward()
 
     elif name == "minimal":
-        mq = MinimalEMAQuantizer().train()
+        mq = MinimalEMAQuantizer().train().to(device)
 
         def run(z: torch.Tensor) -> None:
             q, loss = mq(z)
@@ -73,7 +73,7 @@ def step_fn(name: str) -> Callable[[torch.Tensor], None]:
         from vector_quantize_pytorch import VectorQuantize
 
         lq = VectorQuantize(dim=D, codebook_size=K, decay=DECAY, commitment_weight=BETA, eps=EPS,
-                            accept_image_fmap=True).train()
+                            accept_image_fmap=True).train().to(device)
 
         def run(z: torch.Tensor) -> None:
             q, _, loss = lq(z)
@@ -82,31 +82,44 @@ def step_fn(name: str) -> Callable[[torch.Tensor], None]:
     return run
 
 
+def sync(device: torch.device) -> None:
+    """Waits for a GPU's queued kernels before the clock is read."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--iters", type=int, default=10, help="forward+backward passes per timed round")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/quantizer_speed.json")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--implementations", default="ours,vector-quantize-pytorch,minimal",
+                        help="comma-separated subset (vector-quantize-pytorch needs the bench extra)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    names = ["ours", "vector-quantize-pytorch", "minimal"]
-    fns = {n: step_fn(n) for n in names}
-    z = torch.randn(128, D, 8, 8, requires_grad=True)
+    device = torch.device(args.device)
+    names = args.implementations.split(",")
+    fns = {n: step_fn(n, device) for n in names}
+    z = torch.randn(128, D, 8, 8, device=device, requires_grad=True)
     for fn in fns.values():  # warm-up
         for _ in range(3):
             fn(z)
     times: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.rounds):
         for n in names:
+            sync(device)
             start = time.perf_counter()
             for _ in range(args.iters):
                 fns[n](z)
+            sync(device)
             times[n].append((time.perf_counter() - start) / args.iters * 1e3)
     med = {n: statistics.median(t) for n, t in times.items()}
-    result = {"ms_median": med, "vqp_over_ours": med["vector-quantize-pytorch"] / med["ours"],
-              "ours_over_minimal": med["ours"] / med["minimal"], "threads": args.threads, "rounds": args.rounds,
+    result = {"ms_median": med, "vqp_over_ours": med.get("vector-quantize-pytorch", float("nan")) / med["ours"],
+              "ours_over_minimal": med["ours"] / med.get("minimal", float("nan")),
+              "device": str(device), "threads": args.threads, "rounds": args.rounds,
               "iters": args.iters, "torch": torch.__version__}
     print("| implementation | median ms / forward+backward |\n| --- | --- |")
     for n in names:
