@@ -125,3 +125,8 @@ def test_on_device_datamodule_places_splits_and_resumes(tmp_path: Path) -> None:
 def test_on_device_needs_no_workers() -> None:
     with pytest.raises(ValueError, match=r"on_device=True .* num_workers must be 0, got 2"):
         MNISTDataModule(on_device=True, num_workers=2)
+
+
+def test_bce_refuses_a_signed_pixel_range() -> None:
+    with pytest.raises(ValueError, match=r"recon_loss='bce' needs pixel_range \(0, 1\), got \(-1.0, 1.0\)"):
+        Autoencoder(recon_loss="bce", pixel_range=(-1, 1))
