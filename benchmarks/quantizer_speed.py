@@ -91,24 +91,24 @@ def theirs(name: str) -> nn.Module:
                               accept_image_fmap=True, rotation_trick=name == "vq_rotation")
 
 
-def step_fn(name: str, implementation: str) -> Callable[[torch.Tensor], None]:
+def step_fn(name: str, implementation: str, device: torch.device) -> Callable[[torch.Tensor], None]:
     """One forward+backward of pair ``name``'s ``implementation`` (ours, vqp or minimal), in training mode."""
     if implementation == "minimal":
-        mq = MinimalEMAQuantizer().train()
+        mq = MinimalEMAQuantizer().train().to(device)
 
         def run(z: torch.Tensor) -> None:
             q, loss = mq(z)
             (q.sum() + loss).backward()
 
     elif implementation == "ours":
-        quantizer = ours(name).train()
+        quantizer = ours(name).train().to(device)
 
         def run(z: torch.Tensor) -> None:
             out = quantizer(z)
             (out.quantized.sum() + out.loss).backward()
 
     else:
-        counterpart = theirs(name).train()
+        counterpart = theirs(name).train().to(device)
 
         def run(z: torch.Tensor) -> None:
             out = counterpart(z.flatten(2).transpose(1, 2) if name == "rvq" else z)
@@ -121,6 +121,13 @@ def step_fn(name: str, implementation: str) -> Callable[[torch.Tensor], None]:
 
 
 PAIRS = ("vq", "vq_rotation", "fsq", "lfq", "rvq")
+IMPLEMENTATIONS = ("ours", "vector-quantize-pytorch", "minimal")
+
+
+def sync(device: torch.device) -> None:
+    """Waits for a GPU's queued kernels before the clock is read."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -129,36 +136,48 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10, help="forward+backward passes per timed round")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", nargs="+", choices=PAIRS, default=list(PAIRS))
+    parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),
+                        help="comma-separated subset of " + ",".join(IMPLEMENTATIONS))
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="benchmarks/results/quantizer_speed.json")
     args = parser.parse_args()
+    implementations = args.implementations.split(",")
+    if unknown := set(implementations) - set(IMPLEMENTATIONS):
+        parser.error(f"unknown --implementations {sorted(unknown)}; choose from {IMPLEMENTATIONS}")
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    runs = [(pair, impl) for pair in args.pairs for impl in ("ours", "vector-quantize-pytorch")]
-    runs += [("vq", "minimal")] if "vq" in args.pairs else []
-    fns = {run: step_fn(*run) for run in runs}
-    z = torch.randn(128, D, 8, 8, requires_grad=True)
+    runs = [(pair, impl) for pair in args.pairs for impl in ("ours", "vector-quantize-pytorch")
+            if impl in implementations]
+    runs += [("vq", "minimal")] if "vq" in args.pairs and "minimal" in implementations else []
+    fns = {run: step_fn(*run, device) for run in runs}
+    z = torch.randn(128, D, 8, 8, device=device, requires_grad=True)
     for fn in fns.values():  # warm-up
         for _ in range(3):
             fn(z)
     times: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
     for _ in range(args.rounds):
         for run in runs:
+            sync(device)
             start = time.perf_counter()
             for _ in range(args.iters):
                 fns[run](z)
+            sync(device)
             times[run].append((time.perf_counter() - start) / args.iters * 1e3)
     med = {run: statistics.median(t) for run, t in times.items()}
-    ratios = {pair: med[pair, "vector-quantize-pytorch"] / med[pair, "ours"] for pair in args.pairs}
+    nan = float("nan")
+    ratios = {pair: med.get((pair, "vector-quantize-pytorch"), nan) / med.get((pair, "ours"), nan)
+              for pair in args.pairs}
     print("| quantizer | ours ms | vector-quantize-pytorch ms | vqp / ours |\n| --- | --- | --- | --- |")
     for pair in args.pairs:
-        print(f"| {pair} | {med[pair, 'ours']:.2f} | {med[pair, 'vector-quantize-pytorch']:.2f} | "
-              f"{ratios[pair]:.2f} |")
-    if "vq" in args.pairs:
+        print(f"| {pair} | {med.get((pair, 'ours'), nan):.2f} | {med.get((pair, 'vector-quantize-pytorch'), nan):.2f} "
+              f"| {ratios[pair]:.2f} |")
+    if ("vq", "minimal") in med and ("vq", "ours") in med:
         print(f"minimal EMA quantizer: {med['vq', 'minimal']:.2f} ms; ours / minimal = "
               f"{med['vq', 'ours'] / med['vq', 'minimal']:.2f}x")
     result = {"ms_median": {f"{pair}/{impl}": value for (pair, impl), value in med.items()},
-              "vqp_over_ours": ratios, "threads": args.threads, "rounds": args.rounds, "iters": args.iters,
-              "torch": torch.__version__}
+              "vqp_over_ours": ratios, "device": str(device), "threads": args.threads, "rounds": args.rounds,
+              "iters": args.iters, "torch": torch.__version__}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
 

@@ -32,11 +32,13 @@ def test_fit_checkpoint_loads_with_no_arguments(tmp_path: Path, tiny_data_dir: P
     ckpt = _fit(tmp_path, tiny_data_dir, "--model.latent_dim", "7")
     model = Autoencoder.load_from_checkpoint(ckpt)  # nothing else: the config is in the checkpoint
     assert model.latent_dim == 7 and model.image_shape == (1, 28, 28) and model.num_classes == 10
-    state = torch.load(ckpt, weights_only=True)["state_dict"]
-    for name, value in model.state_dict().items():
-        torch.testing.assert_close(value, state[name])
+    init = Autoencoder(recon_loss="bce", latent_dim=7, num_classes=10)
+    assert any(not torch.equal(a, b) for a, b in zip(init.state_dict().values(), model.state_dict().values(),
+                                                    strict=True))  # the checkpoint holds other (trained) weights
     x = torch.rand(2, 1, 28, 28)
-    assert model.eval()(x).shape == x.shape
+    out = model.eval()(x)
+    assert out.shape == x.shape and torch.all((out > 0) & (out < 1))  # sigmoid of the BCE logits
+    torch.testing.assert_close(out, torch.sigmoid(model.decoder(model.encoder(x))))
 
 
 def test_validate_test_predict_subcommands(tmp_path: Path, tiny_data_dir: Path) -> None:
@@ -44,8 +46,27 @@ def test_validate_test_predict_subcommands(tmp_path: Path, tiny_data_dir: Path) 
     common = ["--model", "Autoencoder", "--model.recon_loss", "bce", "--data", "MNISTDataModule",
               "--data.data_dir", str(tiny_data_dir), "--data.download", "false", "--data.val_size", "16",
               "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpt)]
-    for command in ("validate", "test", "predict"):
-        main([command, *common])
+    data = MNISTDataModule(data_dir=str(tiny_data_dir), download=False, val_size=16)
+    model = Autoencoder.load_from_checkpoint(ckpt)
+    plain = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    expected = {**plain.validate(model, datamodule=data, verbose=False)[0],
+                **plain.test(model, datamodule=data, verbose=False)[0]}
+    for command in ("validate", "test"):
+        save_dir = tmp_path / command
+        main([command, *common, "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(save_dir)])
+        (metrics_csv,) = save_dir.glob("lightning_logs/version_*/metrics.csv")
+        header, values = metrics_csv.read_text().splitlines()[:2]
+        logged = {k: float(v) for k, v in zip(header.split(","), values.split(","), strict=True) if v}
+        stage = "val" if command == "validate" else "test"
+        for key in (f"{stage}/loss", f"{stage}/mse", f"{stage}/psnr"):
+            assert logged[key] == pytest.approx(expected[key], rel=1e-5), key  # the loaded model's metrics
+    main(["predict", *common])
+    (written,) = tmp_path.glob("lightning_logs/version_*/predictions.pt")
+    predictions = torch.load(written, weights_only=True)
+    test_images = torch.stack([data.transform(b[0], False) for b in [data.test_set.__getitems__(range(32))]])[0]
+    assert predictions["index"].tolist() == list(range(32))
+    with torch.no_grad():
+        torch.testing.assert_close(predictions["reconstruction"], model.eval()(test_images))
 
 
 def test_data_shape_is_linked_into_the_model(tmp_path: Path, tiny_data_dir: Path) -> None:
@@ -56,15 +77,20 @@ def test_data_shape_is_linked_into_the_model(tmp_path: Path, tiny_data_dir: Path
 
 
 def test_bad_config_value_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--model", "Autoencoder", "--model.recon_loss", "l7", "--data", "FakeImageDataModule"])
-    assert "recon_loss" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    # the parser's message (not the echoed input, which always holds the word): the allowed values are named
+    assert "Expected a Literal['mse', 'bce']" in err or ("'mse'" in err and "'bce'" in err), err
 
 
 def test_console_script_and_module() -> None:
-    for cmd in (["lightning-ae", "--help"], [sys.executable, "-m", "lightning_ae", "fit", "--help"]):
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        assert "fit" in out or "--model" in out
+    top = subprocess.run(["lightning-ae", "--help"], capture_output=True, text=True, check=True).stdout
+    assert all(f"{command}" in top for command in ("fit", "validate", "test", "predict"))
+    fit = subprocess.run([sys.executable, "-m", "lightning_ae", "fit", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "--model" in fit and "--data" in fit and "--trainer.max_epochs" in fit and "--ckpt_path" in fit
 
 
 def test_python_api_in_a_plain_trainer(tmp_path: Path) -> None:
@@ -111,4 +137,7 @@ def test_lr_scheduler_from_yaml_is_applied(tmp_path: Path, tiny_data_dir: Path) 
                 "--model.lr_scheduler.step_size", "1", "--model.lr_scheduler.gamma", "0.5")
     state = torch.load(ckpt, weights_only=False)
     assert state["lr_schedulers"][0]["_last_lr"] == [1e-3 * 0.5**2]  # two epochs, halved after each
-    assert Autoencoder.load_from_checkpoint(ckpt).lr_scheduler_factory is not None
+    reloaded = Autoencoder.load_from_checkpoint(ckpt).configure_optimizers()
+    scheduler = reloaded["lr_scheduler"]["scheduler"]
+    assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR) and scheduler.gamma == 0.5
+    assert scheduler.step_size == 1 and reloaded["lr_scheduler"]["monitor"] == "val/loss"

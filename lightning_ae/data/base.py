@@ -52,8 +52,21 @@ class InMemoryImageDataset(Dataset[Batch]):
         batch = self.__getitems__([index])
         return batch[0] if self.labels is None else (batch[0][0], batch[1][0])
 
+    @property
+    def device(self) -> torch.device:
+        """Where the images live (and where batches are indexed)."""
+        return self.images.device
+
+    def to(self, device: torch.device | str) -> InMemoryImageDataset:
+        """This dataset with its images, labels and indices on ``device`` (``self`` if they are already there)."""
+        device = torch.device(device)
+        if self.images.device == device:
+            return self
+        moved = (None if t is None else t.to(device) for t in (self.labels, self.indices))
+        return InMemoryImageDataset(self.images.to(device), *moved)
+
     def __getitems__(self, indices: Sequence[int]) -> Any:
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
         if self.indices is not None:
             idx = self.indices[idx]
         images = self.images[idx]
@@ -109,6 +122,9 @@ class ImageDataModule(LightningDataModule):
         num_workers: DataLoader workers (0 is fastest for in-memory data).
         pixel_range: ``(low, high)`` that pixel values are scaled to (``(0, 1)`` or ``(-1, 1)``...).
         download: download missing files in :meth:`prepare_data`; with ``False`` missing files are an error.
+        on_device: hold the splits on the Trainer's device (``strategy.root_device``): batches are indexed there
+            and never cross the bus (MNIST takes 55 MB, CIFAR-10 184 MB of uint8). Needs ``num_workers=0``;
+            outside a Trainer, or on a CPU, the data stays where it is.
     """
 
     image_shape: tuple[int, int, int] = (1, 28, 28)
@@ -125,6 +141,7 @@ class ImageDataModule(LightningDataModule):
         num_workers: int = 0,
         pixel_range: tuple[float, float] = (0.0, 1.0),
         download: bool = True,
+        on_device: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -135,6 +152,8 @@ class ImageDataModule(LightningDataModule):
             raise ValueError(f"val_size must be a count >= 0 or a fraction in [0, 1), got {val_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if on_device and num_workers:
+            raise ValueError(f"on_device=True indexes the data on the device: num_workers must be 0, got {num_workers}")
         if len(pixel_range) != 2 or not pixel_range[0] < pixel_range[1]:
             raise ValueError(f"pixel_range must be (low, high) with low < high, got {pixel_range}")
         self.data_dir = data_dir
@@ -145,6 +164,8 @@ class ImageDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
         self.download = download
+        self.on_device = on_device
+        self._placed: dict[int, tuple[InMemoryImageDataset, InMemoryImageDataset]] = {}
         self.train_set: InMemoryImageDataset | None = None
         self.val_set: InMemoryImageDataset | None = None
         self.test_set: InMemoryImageDataset | None = None
@@ -186,9 +207,20 @@ class ImageDataModule(LightningDataModule):
         return self.train_set.image_chunks()
 
     # ---- loaders -------------------------------------------------------------------------------------------
+    def _place(self, dataset: InMemoryImageDataset) -> InMemoryImageDataset:
+        """``dataset`` on the Trainer's device when ``on_device`` is set (moved once, then reused)."""
+        if not self.on_device or self.trainer is None:
+            return dataset
+        original, placed = self._placed.get(id(dataset), (None, None))
+        if original is not dataset or placed is None:
+            placed = dataset.to(self.trainer.strategy.root_device)
+            self._placed[id(dataset)] = (dataset, placed)
+        return placed
+
     def _loader(self, dataset: InMemoryImageDataset | None, train: bool, name: str) -> DataLoader[Batch]:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.{name}_dataloader() called before setup()")
+        dataset = self._place(dataset)
         common = {"collate_fn": _collate_batch, "num_workers": self.num_workers,
                   "persistent_workers": self.num_workers > 0}
         if train:  # resumes mid-epoch from a checkpoint (Lightning's stateful-dataloader protocol)

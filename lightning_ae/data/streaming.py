@@ -176,6 +176,8 @@ class StreamingImageDataModule(ImageDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(data_dir="", val_size=0, download=False, **kwargs)
+        if self.on_device:
+            raise ValueError("on_device=True is for in-memory datasets; LitData streams batches from its own loader")
         self.input_dir = input_dir.rstrip("/")
         self.cache_dir = cache_dir
         self.max_cache_size = max_cache_size

@@ -119,6 +119,11 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
         pixel_range: ``(low, high)`` of pixel values (linked from the datamodule).
         optimizer: optimizer factory, called with the parameters (default: Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory, called with the optimizer (monitors ``val/loss``).
+        compile_networks: compile the encoder and decoder with ``torch.compile`` (in place, ``nn.Module.compile``:
+            parameter names and checkpoints are unchanged) when a Trainer sets the model up, or on
+            :meth:`compile_now`. The quantizer and the loss stay eager.
+        compile_options: keyword arguments of ``torch.compile`` (``{"mode": "max-autotune"}``,
+            ``{"backend": "aot_eager"}``, ``{"dynamic": False}``...); only with ``compile_networks``.
     """
 
     def __init__(
@@ -132,6 +137,8 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
         pixel_range: tuple[float, float] = (0.0, 1.0),
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        compile_networks: bool = False,
+        compile_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # a lambda optimizer/scheduler cannot be stored in a checkpoint: a reloaded model gets the default
@@ -151,6 +158,11 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
         self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        if compile_options and not compile_networks:
+            raise ValueError(f"compile_options={compile_options} given without compile_networks=True")
+        self.compile_networks = compile_networks
+        self.compile_options = dict(compile_options or {})
+        self._compiled = False
         self.encoder = encoder  # a None network is built by the variant's init_networks()
         self.decoder = decoder
         data_range = self.pixel_range[1] - self.pixel_range[0]
@@ -167,6 +179,25 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
             encoder, decoder = default_networks(self.network, self.image_shape, self.latent_dim, **default_options)
             self.encoder = encoder if self.encoder is None else self.encoder
             self.decoder = decoder if self.decoder is None else self.decoder
+
+    def compile_now(self) -> None:
+        """Compiles the encoder and decoder in place with ``torch.compile(**compile_options)`` (once).
+
+        Called by :meth:`setup` when ``compile_networks`` is set; call it yourself to compile a model used outside a
+        Trainer. The first batch of each shape pays the compilation (tens of seconds on a CPU).
+        """
+        if self._compiled:
+            return
+        for network in (self.encoder, self.decoder):
+            if network is None:
+                raise RuntimeError(f"{type(self).__name__}.compile_now() called before init_networks()")
+            network.compile(**self.compile_options)
+        self._compiled = True
+
+    def setup(self, stage: str) -> None:
+        """Compiles the networks when ``compile_networks`` is set (once, for any stage)."""
+        if self.compile_networks:
+            self.compile_now()
 
     # ---- encode, decode ------------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
