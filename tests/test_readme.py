@@ -50,3 +50,25 @@ def test_readme_ckpt_path_exists_after_the_configs_fit(command: list[str], tiny_
     args = [str(ROOT / a) if a == config else a for a in command]
     extra = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2"] if command[0] == "fit" else []
     main([*args, *data, *extra])
+
+
+def test_readme_custom_variant_example_trains(tmp_path: Path) -> None:
+    """The README's "How a variant is built" example runs as printed and its extra term reaches the logs."""
+    from lightning.pytorch import Trainer
+
+    from lightning_ae import FakeImageDataModule
+
+    text = (ROOT / "README.md").read_text()
+    block = next(b for b in text.split("```python")[1:] if "class L2CodeAutoencoder" in b).split("```")[0]
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    model = namespace["L2CodeAutoencoder"](weight=0.5, latent_dim=4, image_shape=(1, 8, 8))
+    x = torch.rand(4, 1, 8, 8)
+    out = model.loss_terms(x, "train")
+    torch.testing.assert_close(out.loss, out.terms["recon"] + 0.5 * model.encode(x).pow(2).mean())
+    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    data = FakeImageDataModule(image_shape=(1, 8, 8), num_train=32, val_size=8, batch_size=8)
+    trainer.fit(model, datamodule=data)
+    assert "train/l2_code" in trainer.callback_metrics
+    assert "val/l2_code" in trainer.validate(model, datamodule=data, verbose=False)[0]
