@@ -1,10 +1,12 @@
-"""Every YAML config in configs/ parses and trains for one fast_dev_run step on tiny data files."""
+"""Every YAML config in configs/ parses, round-trips through --print_config, and trains one step on tiny data
+files, writing what it promises: a last.ckpt with the data's linked image_shape, and its callbacks' images."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightning_ae.cli import main
 
@@ -33,12 +35,25 @@ def test_config_fast_dev_run(
     if config.stem.endswith("_prior"):  # a prior needs its VQ-VAE: one epoch of one batch writes its checkpoint
         main(["fit", "--config", str(config.with_name("vqvae.yaml")), *data_args, "--trainer.max_epochs", "1",
               "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"])
-    main(["fit", "--config", str(config), *data_args, "--trainer.fast_dev_run", "true"])
+    main(["fit", "--config", str(config), *data_args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
+          "1", "--trainer.limit_val_batches", "1", "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+          "--trainer.logger.save_dir", "logs"])
+    (last,) = Path("checkpoints").glob(f"*{config.stem}/last.ckpt")
+    hparams = torch.load(last, map_location="cpu", weights_only=False)["hyper_parameters"]
+    expected = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "folder": (3, 64, 64)}[config.parent.name]
+    assert tuple(hparams["image_shape"]) == expected  # linked from the datamodule
+    assert list(Path("logs").rglob("*.png")), f"{config.name}: its callbacks drew no image"
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[f"{p.parent.name}/{p.stem}" for p in CONFIGS])
-def test_config_print_config(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(config), "--print_config"])
-    assert exc.value.code == 0
-    assert "class_path" in capsys.readouterr().out
+def test_config_print_config(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The printed config is complete: parsed again, it prints the same config."""
+    printed = []
+    for source in (config, tmp_path / "printed.yaml"):
+        with pytest.raises(SystemExit) as exc:
+            main(["fit", "--config", str(source), "--print_config"])
+        assert exc.value.code == 0
+        printed.append(capsys.readouterr().out)
+        (tmp_path / "printed.yaml").write_text(printed[-1])
+    assert "class_path: lightning_ae." in printed[0]
+    assert printed[1] == printed[0]
