@@ -22,20 +22,24 @@ from lightning_ae.data import (
 )
 from lightning_ae.metrics import CodebookUsage
 from lightning_ae.models import (
+    IWAE,
     VAE,
     VQVAE,
     Autoencoder,
     AutoencoderBase,
+    ConditionalVAE,
     ContractiveAutoencoder,
     DenoisingAutoencoder,
     PixelCNNPrior,
     SparseAutoencoder,
+    VampVAE,
 )
 from lightning_ae.quantizers import VectorQuantizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "IWAE",
     "VAE",
     "VQVAE",
     "ArrayDataModule",
@@ -43,6 +47,7 @@ __all__ = [
     "AutoencoderBase",
     "CIFAR10DataModule",
     "CodebookUsage",
+    "ConditionalVAE",
     "CodebookUsageMonitor",
     "ContractiveAutoencoder",
     "DenoisingAutoencoder",
@@ -60,6 +65,7 @@ __all__ = [
     "SampleGrid",
     "SparseAutoencoder",
     "StreamingImageDataModule",
+    "VampVAE",
     "VectorQuantizer",
     "__version__",
     "linear_probe",
