@@ -64,7 +64,8 @@ class ConditionalVAE(VAE):
         if labels.is_floating_point() or labels.is_complex() or labels.ndim != 1 or labels.shape[0] != n:
             raise ValueError(f"labels must be integer class indices of shape ({n},), got dtype {labels.dtype} and "
                              f"shape {tuple(labels.shape)}")
-        if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < self.num_classes):
+        on_host = labels.device.type == "cpu"  # values are checked where reading them costs no device sync
+        if on_host and labels.numel() and not (int(labels.min()) >= 0 and int(labels.max()) < self.num_classes):
             raise ValueError(f"labels must be in [0, {self.num_classes}), got values from {int(labels.min())} to "
                              f"{int(labels.max())}")
         return labels.to(self.device, torch.long)
