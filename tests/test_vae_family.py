@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 from torch import nn
 
 from lightning_ae import IWAE, VAE, ConditionalVAE, FakeImageDataModule, MNISTDataModule, VampVAE
@@ -22,6 +22,7 @@ from lightning_ae.distributions import (
     standard_normal_log_prob,
 )
 from lightning_ae.models.vamp import gaussian_mixture_log_prob
+from tests.test_vae import quiet_trainer
 
 SHAPE = (1, 4, 4)
 
@@ -41,12 +42,6 @@ def tiny(cls: type[VAE] = VAE, **kwargs) -> VAE:
 
 def binary_batch(n: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, *SHAPE, generator=torch.Generator().manual_seed(seed)).round()
-
-
-def quiet_trainer(tmp_path: Path, **kwargs) -> Trainer:
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    return Trainer(**{**defaults, **kwargs})
 
 
 # ---- discretized logistic ------------------------------------------------------------------------------------
