@@ -4,6 +4,7 @@ Usage (``LIGHTNING_AE_DATA`` must hold ``MNIST/raw``)::
 
     python benchmarks/vae_nll.py compare [--epochs 20] [--k 1000]   # ours vs pythae, static binarization
     python benchmarks/vae_nll.py best [--epochs 55] [--k 1000]     # our best config, dynamic binarization
+    python -m benchmarks.vae_nll budget --model vae|iwae|vamp --minutes 30 --k 5000 [--pythae]  # issue 16
 
 ``compare``: MLP 784-512-256-32 (ReLU, Bernoulli, Adam 1e-3, batch 128), 60k train / 10k test binarized once
 (seed 0 / 1), trained ``--epochs`` epochs by our ``Trainer.fit`` and by pythae's ``BaseTrainer``; both scored
@@ -14,6 +15,15 @@ with OUR importance-weighted estimator (K samples, Burda et al. 2015) on the 10k
 of every batch), Adam 1e-3 decayed by a cosine schedule to 1e-5 over ``--epochs`` epochs
 (training stops at 29 minutes in any case), KL warm-up over the first 10 epochs; scored on one fixed-seed
 binarization of the test set.
+
+``budget`` (issue 16): ``--model vae`` (ELBO), ``iwae`` (the k-sample bound, ``--k-train``, ``--estimator``) or
+``vamp`` (VampPrior, ``--pseudo-inputs``) on the same MLP (``--latent-dim``, default 64), dynamically binarized
+training data, ``--threads`` torch threads, batch ``--batch-size``, Adam ``--lr`` decayed along a cosine of the
+elapsed training time to 1e-5 at ``--minutes``; KL warm-up over ``--warmup-steps`` (vae, vamp). Every
+``--curve-every`` training minutes it prints the test NLL with K = ``--curve-k`` on the first ``--curve-images``
+test images (evaluation time not counted), then the final NLL with K = ``--k`` on all 10,000. ``--pythae`` also
+trains pythae's VAE or IWAE (same networks, batch, data binarized once: pythae has no dynamic binarization) for
+the number of epochs that fits the same budget (timed on one epoch) and scores it with our estimator.
 """
 
 from __future__ import annotations
@@ -29,7 +39,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 
 from benchmarks.vae_common import (
     BATCH_SIZE,
+    IMAGE_SHAPE,
     LR,
+    TimeBudget,
+    fit_for,
     make_vae,
     mnist,
     networks,
@@ -38,7 +51,7 @@ from benchmarks.vae_common import (
     static_test_images,
     test_nll,
 )
-from lightning_ae import VAE, MNISTDataModule
+from lightning_ae import IWAE, VAE, MNISTDataModule, VampVAE
 
 
 class EpochTimer(Callback):
@@ -120,18 +133,85 @@ def best(args: argparse.Namespace) -> dict:
     return out
 
 
+def budget_model(args: argparse.Namespace) -> VAE:
+    enc, dec = networks(latent_dim=args.latent_dim)
+    common = dict(encoder=enc, decoder=dec, latent_dim=args.latent_dim, image_shape=IMAGE_SHAPE, likelihood="bernoulli",
+                  optimizer=lambda params: torch.optim.Adam(params, lr=args.lr))
+    if args.model == "iwae":
+        return IWAE(k=args.k_train, estimator=args.estimator, iw_batch=max(args.k_train, 1), **common)
+    if args.model == "vamp":
+        return VampVAE(num_pseudo_inputs=args.pseudo_inputs, kl_warmup_steps=args.warmup_steps, **common)
+    return VAE(kl_warmup_steps=args.warmup_steps, **common)
+
+
+def budget(args: argparse.Namespace) -> dict:
+    dm = mnist("dynamic", batch_size=args.batch_size)
+    test_x = static_test_images(dm)
+    seed_everything(0)
+    model = budget_model(args)
+    timer = TimeBudget(args.minutes, args.curve_every,
+                       lambda m: test_nll(m, test_x[: args.curve_images], args.curve_k))
+    out: dict = {k: v for k, v in vars(args).items() if k not in ("mode", "epochs", "pythae_nll_images")}
+    out["fit_wall_s"] = fit_for(model, dm, timer)
+    out["steps"], out["epochs_done"] = model.global_step, model.current_epoch
+    out["curve_minutes_nll"] = timer.curve  # (training minutes, NLL with curve_k on curve_images)
+    start = time.perf_counter()
+    out["test_nll"] = test_nll(model, test_x, args.k)
+    out["eval_s"] = time.perf_counter() - start
+    print(json.dumps(out), flush=True)
+    if args.pythae and args.model in ("vae", "iwae"):
+        out.update(pythae_budget(args, dm, test_x))
+    return out
+
+
+def pythae_budget(args: argparse.Namespace, dm: MNISTDataModule, test_x: torch.Tensor) -> dict:
+    """pythae's VAE or IWAE for as many epochs as fit ``--minutes`` (one timed epoch first, then a fresh run)."""
+    train_x = torch.bernoulli(dm.train_set.images.float() / 255.0, generator=torch.Generator().manual_seed(0))
+
+    def train(epochs: int) -> tuple[object, float]:
+        seed_everything(0)
+        enc, dec = networks(latent_dim=args.latent_dim)
+        pmodel = pythae_model(enc, dec, args.latent_dim, kind=args.model, k=args.k_train)
+        with tempfile.TemporaryDirectory() as tmp:
+            ptrainer = pythae_trainer(pmodel, train_x, epochs, tmp, batch_size=args.batch_size)
+            start = time.perf_counter()
+            ptrainer.train()
+            return ptrainer.model, time.perf_counter() - start
+
+    _, epoch_s = train(1)
+    epochs = max(1, int(60.0 * args.minutes / epoch_s))
+    trained, train_s = train(epochs)
+    ours = make_vae(trained.encoder.net, trained.decoder.net, latent_dim=args.latent_dim)
+    return {"pythae_model": args.model, "pythae_epochs": epochs, "pythae_train_s": train_s,
+            "pythae_test_nll_our_estimator": test_nll(ours, test_x, args.k)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["compare", "best"])
+    parser.add_argument("mode", choices=["compare", "best", "budget"])
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--pythae-nll-images", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the 2 cores are shared)")
+    budget_args = parser.add_argument_group("budget")
+    budget_args.add_argument("--model", choices=["vae", "iwae", "vamp"], default="vae")
+    budget_args.add_argument("--minutes", type=float, default=30.0, help="training wall minutes")
+    budget_args.add_argument("--k-train", type=int, default=5, help="IWAE samples per input in training")
+    budget_args.add_argument("--estimator", choices=["iwae", "dreg"], default="iwae")
+    budget_args.add_argument("--pseudo-inputs", type=int, default=500, help="VampPrior components")
+    budget_args.add_argument("--latent-dim", type=int, default=64)
+    budget_args.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    budget_args.add_argument("--lr", type=float, default=LR)
+    budget_args.add_argument("--warmup-steps", type=int, default=5000, help="KL warm-up (vae, vamp)")
+    budget_args.add_argument("--curve-every", type=float, default=5.0, help="training minutes between points")
+    budget_args.add_argument("--curve-k", type=int, default=100)
+    budget_args.add_argument("--curve-images", type=int, default=2000)
+    budget_args.add_argument("--pythae", action="store_true", help="also pythae's vae/iwae at the same budget")
     args = parser.parse_args()
     if args.epochs is None:
         args.epochs = 20 if args.mode == "compare" else 55
     torch.set_num_threads(args.threads)
-    out = compare(args) if args.mode == "compare" else best(args)
+    out = {"compare": compare, "best": best, "budget": budget}[args.mode](args)
     print(json.dumps(out, indent=1), flush=True)
 
 

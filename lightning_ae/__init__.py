@@ -22,14 +22,17 @@ from lightning_ae.data import (
 )
 from lightning_ae.metrics import CodebookUsage
 from lightning_ae.models import (
+    IWAE,
     VAE,
     VQVAE,
     Autoencoder,
     AutoencoderBase,
+    ConditionalVAE,
     ContractiveAutoencoder,
     DenoisingAutoencoder,
     PixelCNNPrior,
     SparseAutoencoder,
+    VampVAE,
 )
 from lightning_ae.quantizers import FSQ, LFQ, Quantizer, QuantizerOutput, ResidualVQ, VectorQuantizer
 
@@ -37,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FSQ",
+    "IWAE",
     "LFQ",
     "VAE",
     "VQVAE",
@@ -46,6 +50,7 @@ __all__ = [
     "CIFAR10DataModule",
     "CodebookUsage",
     "CodebookUsageMonitor",
+    "ConditionalVAE",
     "ContractiveAutoencoder",
     "DenoisingAutoencoder",
     "FakeImageDataModule",
@@ -65,6 +70,7 @@ __all__ = [
     "SampleGrid",
     "SparseAutoencoder",
     "StreamingImageDataModule",
+    "VampVAE",
     "VectorQuantizer",
     "__version__",
     "linear_probe",

@@ -2,7 +2,8 @@
 
 * :class:`DiagonalGaussian` — the encoder's posterior ``q(z|x) = N(mu, diag sigma^2)`` (``rsample``, ``mode``,
   ``log_prob``, ``kl`` to the standard normal), like diffusers' ``DiagonalGaussianDistribution``.
-* Likelihood terms of the decoder ``p(x|z)`` — Bernoulli and Gaussian negative log-likelihoods in nats,
+* Likelihood terms of the decoder ``p(x|z)`` — Bernoulli, Gaussian and discretized logistic (mixture) negative
+  log-likelihoods in nats,
   **summed** over the pixels of each image (not averaged), so ``recon + KL`` is the negative ELBO per image;
   :class:`PixelLikelihood` reads them from a decoder output.
 * The objective's knobs: free bits (Kingma et al. 2016) and linear KL warm-up (Bowman et al. 2016).
@@ -15,6 +16,8 @@ References:
     Autoregressive Flow*, NeurIPS 2016 (arXiv:1606.04934).
     Bowman, Vilnis, Vinyals, Dai, Jozefowicz & Bengio, *Generating Sentences from a Continuous Space*,
     CoNLL 2016 (arXiv:1511.06349).
+    Salimans, Karpathy, Chen & Kingma, *PixelCNN++: Improving the PixelCNN with Discretized Logistic Mixture
+    Likelihood and Other Modifications*, ICLR 2017 (arXiv:1701.05517).
 """
 
 from __future__ import annotations
@@ -116,7 +119,42 @@ def gaussian_nll(
     return _sum_last(0.5 * (LOG_2PI + logvar_t + (target - mean).pow(2) * torch.exp(-logvar_t)), event_ndim)
 
 
-Likelihood = Literal["bernoulli", "gaussian"]
+def discretized_logistic_nll(
+    logit_weights: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor, target: torch.Tensor,
+    event_ndim: int = IMAGE_EVENT_NDIM,
+) -> torch.Tensor:
+    """``-log P(x)`` of 8-bit pixels under a mixture of discretized logistics, summed over the last ``event_ndim``
+    dims (nats): Salimans et al. 2017 (PixelCNN++), eq. 2, with their edge cases.
+
+    Pixels are scaled to ``[-1, 1]`` (value ``v`` in 0..255 is ``2 v / 255 - 1``; bins are ``2 / 255`` wide).
+    ``P(x) = sum_i pi_i [sigmoid((x + 1/255 - mu_i) / s_i) - sigmoid((x - 1/255 - mu_i) / s_i)]``, where the
+    lowest bin (0) takes all mass below, ``sigmoid((x + 1/255 - mu) / s)``, and the highest (255) all mass above,
+    ``1 - sigmoid((x - 1/255 - mu) / s)``; so the 256 probabilities of a pixel sum to 1. As in PixelCNN++, a
+    bin whose probability underflows (< 1e-5) is scored by density x bin width at its centre.
+
+    Args:
+        logit_weights: ``(..., K, C, H, W)`` unnormalized log mixture weights ``pi`` (components on dim -4).
+        means: ``(..., K, C, H, W)`` component locations ``mu`` in ``[-1, 1]`` pixel units.
+        log_scales: ``(..., K, C, H, W)`` ``log s``, clamped below at -7 (as PixelCNN++).
+        target: ``(B, C, H, W)`` pixels scaled to ``[-1, 1]``, broadcast against the leading dims.
+        event_ndim: trailing dims summed (the component dim is reduced first).
+    """
+    x = target.unsqueeze(-4)  # a component axis
+    log_scales = log_scales.clamp(min=-7.0)
+    centered, inv_s = x - means, torch.exp(-log_scales)
+    plus_in, min_in = inv_s * (centered + 1.0 / 255.0), inv_s * (centered - 1.0 / 255.0)
+    log_cdf_plus = plus_in - F.softplus(plus_in)  # log sigmoid(plus_in): the lowest bin
+    log_one_minus_cdf_min = -F.softplus(min_in)  # log (1 - sigmoid(min_in)): the highest bin
+    cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
+    mid_in = inv_s * centered
+    log_pdf_mid = mid_in - log_scales - 2.0 * F.softplus(mid_in) - math.log(127.5)  # density x bin width
+    inner = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_pdf_mid)
+    log_probs = torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, inner))
+    log_px = torch.logsumexp(log_probs + torch.log_softmax(logit_weights, dim=-4), dim=-4)
+    return -_sum_last(log_px, event_ndim)
+
+
+Likelihood = Literal["bernoulli", "gaussian", "logistic"]
 DECODER_LOGVAR_RANGE = (-10.0, 5.0)  # learned pixel log-variance bounds: sigma in [0.0067, 12]
 
 
@@ -124,9 +162,15 @@ class PixelLikelihood:
     """The decoder's distribution ``p(x|z)`` over pixels, read from the decoder output (channels are dim -3).
 
     Args:
-        kind: ``bernoulli`` (the output is logits; binarized images) or ``gaussian`` (the output is means).
+        kind: ``bernoulli`` (the output is logits; binarized images), ``gaussian`` (the output is means) or
+            ``logistic`` (a discretized logistic mixture over 256 pixel values, Salimans et al. 2017; 8-bit
+            images).
         gaussian_std: fixed standard deviation of ``gaussian``, in pixel units; ``None`` learns a per-pixel
             log-variance, the second half of ``2 * C`` output channels (clamped to ``DECODER_LOGVAR_RANGE``).
+        logistic_mixtures: components ``K`` of ``logistic``: the output has ``2 C`` channels (means, log-scales)
+            for ``K = 1`` and ``3 K C`` (mixture logits, means, log-scales) otherwise; each colour channel has its
+            own mixture (PixelCNN++'s channel coupling is autoregressive, which a VAE decoder is not).
+        pixel_range: ``(low, high)`` of the images, mapped to ``[-1, 1]`` for ``logistic``.
 
     >>> likelihood = PixelLikelihood("gaussian", gaussian_std=None)
     >>> out = torch.zeros(1, 2, 1, 1)  # mean 0 and log-variance 0 of one pixel
@@ -134,20 +178,32 @@ class PixelLikelihood:
     0.91894
     """
 
-    def __init__(self, kind: Likelihood = "bernoulli", gaussian_std: float | None = 0.1) -> None:
-        if kind not in ("bernoulli", "gaussian"):
-            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {kind!r}")
+    def __init__(
+        self,
+        kind: Likelihood = "bernoulli",
+        gaussian_std: float | None = 0.1,
+        logistic_mixtures: int = 1,
+        pixel_range: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        if kind not in ("bernoulli", "gaussian", "logistic"):
+            raise ValueError(f"likelihood must be 'bernoulli', 'gaussian' or 'logistic', got {kind!r}")
         if gaussian_std is not None and gaussian_std <= 0:
             raise ValueError(f"gaussian_std must be > 0 or None (learned), got {gaussian_std}")
-        self.kind, self.gaussian_std = kind, gaussian_std
+        if logistic_mixtures < 1:
+            raise ValueError(f"logistic_mixtures must be >= 1, got {logistic_mixtures}")
+        self.kind, self.gaussian_std, self.logistic_mixtures = kind, gaussian_std, logistic_mixtures
+        self.low, self.high = float(pixel_range[0]), float(pixel_range[1])
 
     @property
     def channels_per_pixel(self) -> int:
-        """Decoder output channels per image channel: 2 for a learned-variance Gaussian, else 1."""
+        """Decoder output channels per image channel: 2 for a learned-variance Gaussian or one logistic, 3 K for
+        a mixture of K logistics, else 1."""
+        if self.kind == "logistic":
+            return 2 if self.logistic_mixtures == 1 else 3 * self.logistic_mixtures
         return 2 if self.kind == "gaussian" and self.gaussian_std is None else 1
 
     def params(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
-        """Decoder output -> ``(logits or mean, log-variance)``."""
+        """Decoder output -> ``(logits or mean, log-variance)`` (``bernoulli`` and ``gaussian``)."""
         if self.kind == "bernoulli":
             return output, 0.0
         if self.gaussian_std is not None:
@@ -155,19 +211,42 @@ class PixelLikelihood:
         mean, logvar = output.chunk(2, dim=-3)
         return mean, logvar.clamp(*DECODER_LOGVAR_RANGE)
 
+    def logistic_params(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decoder output ``(..., channels_per_pixel * C, H, W)`` -> mixture logits, means in ``[-1, 1]`` (a
+        tanh) and log-scales, each ``(..., K, C, H, W)``."""
+        k = self.logistic_mixtures
+        if k == 1:
+            means, log_scales = output.chunk(2, dim=-3)
+            logits = torch.zeros_like(means)
+        else:
+            logits, means, log_scales = output.chunk(3, dim=-3)
+        return tuple(t.unflatten(-3, (k, t.shape[-3] // k)) for t in (logits, torch.tanh(means), log_scales))
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels in ``pixel_range`` -> ``[-1, 1]``."""
+        return (x - self.low) * (2.0 / (self.high - self.low)) - 1.0
+
     def mean(self, output: torch.Tensor) -> torch.Tensor:
-        """The mean of ``p(x|z)``: ``sigmoid(logits)`` for Bernoulli, the Gaussian mean."""
+        """The mean of ``p(x|z)``: ``sigmoid(logits)`` for Bernoulli, the Gaussian mean, the logistic mixture's
+        mean (in ``pixel_range``)."""
+        if self.kind == "logistic":
+            logits, means, _ = self.logistic_params(output)
+            unit = (torch.softmax(logits, dim=-4) * means).sum(dim=-4)
+            return self.low + (unit + 1.0) * (0.5 * (self.high - self.low))
         loc, _ = self.params(output)
         return torch.sigmoid(loc) if self.kind == "bernoulli" else loc
 
     def nll(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``-log p(x|z)`` in nats per image, ``(...)``; ``x`` ``(B, C, H, W)`` broadcasts against ``output``."""
+        if self.kind == "logistic":
+            return discretized_logistic_nll(*self.logistic_params(output), self.to_unit(x))
         loc, logvar = self.params(output)
         return bernoulli_nll(loc, x) if self.kind == "bernoulli" else gaussian_nll(loc, x, logvar)
 
     def bin_width(self, pixel_range: tuple[float, float]) -> float | None:
-        """Width of an 8-bit pixel bin for a density over continuous pixels (None for the discrete Bernoulli)."""
-        return None if self.kind == "bernoulli" else (pixel_range[1] - pixel_range[0]) / 256.0
+        """Width of an 8-bit pixel bin for a density over continuous pixels (None for the discrete Bernoulli and
+        logistic likelihoods, whose NLL is already a probability of the 8-bit values)."""
+        return (pixel_range[1] - pixel_range[0]) / 256.0 if self.kind == "gaussian" else None
 
 
 def bits_per_dim(nll: torch.Tensor, num_dims: int, bin_width: float | None = None) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
@@ -58,6 +60,8 @@ class SampleGrid(EpochCallback):
     For the :class:`~lightning_ae.models.VAE` (``z ~ N(0, I)``) and for a VQ-VAE through its learned prior
     (:class:`~lightning_ae.models.PixelCNNPrior`); a plain VQ-VAE has no prior to sample from. The random seed
     is the same every time (the training RNG is left untouched), so successive grids show the same latents.
+    A class-conditional model (``sample(n, labels=...)`` and an integer ``num_classes``, as the
+    :class:`~lightning_ae.models.ConditionalVAE`) gets one row of ``nrow`` samples per class instead.
 
     Args:
         every_n_epochs: draw on every n-th validation epoch (and on the last one).
@@ -80,8 +84,15 @@ class SampleGrid(EpochCallback):
         device = pl_module.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
-            samples = pl_module.sample(self.num_samples)  # every rank samples: forward passes run everywhere
+            samples = self._draw(pl_module)  # every rank samples: forward passes run everywhere
         log_image(trainer, "val/samples", make_grid(_to_unit(pl_module, samples), nrow=self.nrow))
+
+    def _draw(self, pl_module: LightningModule) -> torch.Tensor:
+        num_classes = getattr(pl_module, "num_classes", None)
+        if isinstance(num_classes, int) and "labels" in inspect.signature(pl_module.sample).parameters:
+            labels = torch.arange(num_classes, device=pl_module.device).repeat_interleave(self.nrow)
+            return pl_module.sample(labels.shape[0], labels=labels)
+        return pl_module.sample(self.num_samples)
 
 
 class LatentInterpolation(ValidationCollector):

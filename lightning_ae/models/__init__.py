@@ -4,19 +4,25 @@
 from lightning_ae.models.autoencoder import Autoencoder
 from lightning_ae.models.base import AutoencoderBase
 from lightning_ae.models.contractive import ContractiveAutoencoder
+from lightning_ae.models.cvae import ConditionalVAE
 from lightning_ae.models.denoising import DenoisingAutoencoder
+from lightning_ae.models.iwae import IWAE
 from lightning_ae.models.prior import PixelCNNPrior
 from lightning_ae.models.sparse import SparseAutoencoder
 from lightning_ae.models.vae import VAE
+from lightning_ae.models.vamp import VampVAE
 from lightning_ae.models.vqvae import VQVAE
 
 __all__ = [
+    "IWAE",
     "VAE",
     "VQVAE",
     "Autoencoder",
     "AutoencoderBase",
+    "ConditionalVAE",
     "ContractiveAutoencoder",
     "DenoisingAutoencoder",
     "PixelCNNPrior",
     "SparseAutoencoder",
+    "VampVAE",
 ]

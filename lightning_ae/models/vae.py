@@ -32,9 +32,11 @@ class VAE(AutoencoderBase):
 
     Args:
         likelihood: decoder distribution ``p(x|z)``: ``bernoulli`` (logits; binarized images, ``pixel_range``
-            (0, 1)) or ``gaussian``.
+            (0, 1)), ``gaussian`` or ``logistic`` (discretized logistic mixture of 8-bit pixels, Salimans et al.
+            2017: honest bits/dim on colour images).
         gaussian_std: fixed standard deviation of the ``gaussian`` likelihood, in pixel units; ``None`` learns a
             per-pixel variance (the decoder outputs 2 channels per image channel). Ignored for ``bernoulli``.
+        logistic_mixtures: mixture components of the ``logistic`` likelihood (1: one discretized logistic).
         beta: weight of the KL term after warm-up (1 gives the ELBO; Higgins et al. 2017 for other values).
         kl_warmup_steps: optimizer steps over which the KL weight grows linearly from 0 to ``beta``
             (Bowman et al. 2016); 0 disables warm-up.
@@ -51,6 +53,7 @@ class VAE(AutoencoderBase):
         self,
         likelihood: Likelihood = "bernoulli",
         gaussian_std: float | None = 0.1,
+        logistic_mixtures: int = 1,
         beta: float = 1.0,
         kl_warmup_steps: int = 0,
         free_bits: float = 0.0,
@@ -60,7 +63,7 @@ class VAE(AutoencoderBase):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.pixel_likelihood = PixelLikelihood(likelihood, gaussian_std)
+        self.pixel_likelihood = PixelLikelihood(likelihood, gaussian_std, logistic_mixtures, self.pixel_range)
         if likelihood == "bernoulli" and self.pixel_range != (0.0, 1.0):
             raise ValueError(f"likelihood='bernoulli' needs pixel_range (0, 1), got {self.pixel_range}")
         for name, value, low in (("beta", beta, 0), ("kl_warmup_steps", kl_warmup_steps, 0),
@@ -103,12 +106,18 @@ class VAE(AutoencoderBase):
         recon = self.reconstruction_nll(output, x).mean()
         kl_per_dim = q.kl_per_dim()
         kl = kl_per_dim.sum(dim=1).mean()
-        weight = kl_warmup_weight(self.global_step, self.kl_warmup_steps, self.beta)  # beta times the warm-up
-        loss = recon + weight * (free_bits_kl(kl_per_dim, self.free_bits) if self.free_bits > 0 else kl)
+        kl_in_loss = free_bits_kl(kl_per_dim, self.free_bits) if self.free_bits > 0 else kl
+        return self.elbo_output(output, recon, kl, kl_in_loss, stage)
+
+    def elbo_output(self, output: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor, kl_in_loss: torch.Tensor,
+                    stage: Stage) -> LossOutput:
+        """``LossOutput(recon + w * kl_in_loss, mean image of output, {elbo, recon, kl[, kl_weight]})``, ``w``
+        being ``beta`` times the warm-up (:func:`kl_warmup_weight`) at the current optimizer step."""
+        weight = kl_warmup_weight(self.global_step, self.kl_warmup_steps, self.beta)
         terms = {"elbo": -(recon + kl), "recon": recon, "kl": kl}
         if stage == "train":
-            terms["kl_weight"] = torch.tensor(weight, device=x.device)
-        return LossOutput(loss, self.output_to_image(output), terms)
+            terms["kl_weight"] = torch.tensor(weight, device=recon.device)
+        return LossOutput(recon + weight * kl_in_loss, self.output_to_image(output), terms)
 
     def log_likelihood(self, x: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
         """Importance-weighted estimate of ``log p(x)`` in nats per image, ``(B,)`` (Burda et al. 2015, eq. 8).
@@ -117,14 +126,18 @@ class VAE(AutoencoderBase):
         ``K = 1`` gives a one-sample ELBO, and the estimate tends to ``log p(x)`` as ``K`` grows.
         """
         q = self.posterior(x)
+        return importance_weighted_log_likelihood(lambda n: self.log_weights(x, q, q.rsample((n,))),
+                                                  num_samples or self.iw_samples, self.iw_batch)
 
-        def log_weights(n: int) -> torch.Tensor:
-            z = q.rsample((n,))  # (n, B, D)
-            output = self.decode(z.flatten(0, 1))
-            log_px_z = -self.reconstruction_nll(output.unflatten(0, (n, x.shape[0])), x)  # (n, B)
-            return log_px_z + standard_normal_log_prob(z) - q.log_prob(z)
+    def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """``log p(z)`` summed over the last dimension: ``N(0, I)`` here (the VampPrior overrides it)."""
+        return standard_normal_log_prob(z)
 
-        return importance_weighted_log_likelihood(log_weights, num_samples or self.iw_samples, self.iw_batch)
+    def log_weights(self, x: torch.Tensor, q: DiagonalGaussian, z: torch.Tensor) -> torch.Tensor:
+        """Log importance weights ``log p(x|z) + log p(z) - log q(z|x)`` of samples ``z`` ``(n, B, D)`` of ``q``
+        for images ``x`` ``(B, C, H, W)``: ``(n, B)`` nats."""
+        output = self.decode(z.flatten(0, 1)).unflatten(0, z.shape[:2])
+        return -self.reconstruction_nll(output, x) + self.prior_log_prob(z) - q.log_prob(z)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -1,0 +1,127 @@
+"""The conditional VAE: encoder ``q(z|x, y)`` and decoder ``p(x|z, y)`` see the class label ``y`` of the batch.
+
+Reference:
+    Sohn, Lee & Yan, *Learning Structured Output Representation using Deep Conditional Generative Models*,
+    NeurIPS 2015: the conditional ELBO of their eq. 4, with the prior ``p(z|y) = N(0, I)`` independent of the
+    label (the common simplification, as the generative model M2 of Kingma, Rezende, Mohamed & Welling,
+    *Semi-Supervised Learning with Deep Generative Models*, NeurIPS 2014).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_ae.batch import extract_images, extract_labels
+from lightning_ae.distributions import DiagonalGaussian
+from lightning_ae.models.vae import VAE
+from lightning_ae.nets import default_networks
+
+
+class ConditionalVAE(VAE):
+    """A :class:`VAE` conditioned on class labels ``0 .. num_classes - 1``.
+
+    The encoder reads the image with one extra channel, a learned ``H x W`` embedding of the label (as
+    PyTorch-VAE's CVAE); the decoder reads ``[z, one_hot(y)]``, ``latent_dim + num_classes`` features. The loss
+    is the VAE's (Sohn et al. 2015, eq. 4), ``test/nll`` estimates ``log p(x|y)``. Training, validation, test and
+    prediction batches must carry labels (``(images, labels)`` or ``{"image", "label"}``, as all our
+    datamodules give); outside a step, pass ``labels`` or use ``with model.conditioned_on(labels):``.
+
+    Args:
+        **kwargs: the arguments of :class:`VAE`; ``num_classes`` (linked from the datamodule by the CLI) is
+            required. A given encoder maps ``(B, C + 1, H, W)`` to ``(B, 2 * latent_dim)``, a given decoder
+            ``(B, latent_dim + num_classes)`` to the likelihood's output.
+    """
+
+    _labels: torch.Tensor | None = None  # the labels of the current step (see conditioned_on)
+
+    def init_networks(self, **default_options: Any) -> None:
+        """Builds the label embedding and the default networks with the conditioned input sizes."""
+        if self.num_classes is None or self.num_classes < 2:
+            raise ValueError(f"ConditionalVAE needs num_classes >= 2 (linked from the data by the CLI), got "
+                             f"{self.num_classes}")
+        c, h, w = self.image_shape
+        self.label_embedding = nn.Embedding(self.num_classes, h * w)
+        if self.encoder is None:
+            self.encoder = default_networks(self.network, (c + 1, h, w), self.latent_dim, **default_options)[0]
+        if self.decoder is None:
+            self.decoder = default_networks(self.network, self.image_shape, self.latent_dim + self.num_classes,
+                                            **default_options)[1]
+
+    # ---- the condition --------------------------------------------------------------------------------------
+    def check_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor:
+        """Returns ``labels`` ``(n,)`` on the model's device, or raises an error naming what is wrong."""
+        if labels is None:
+            labels = self._labels
+        if labels is None:
+            raise ValueError("ConditionalVAE needs class labels: the batch has none (give (images, labels) or "
+                             "{'image': ..., 'label': ...}), or pass labels= / use `with model.conditioned_on(y):`")
+        if labels.is_floating_point() or labels.is_complex() or labels.ndim != 1 or labels.shape[0] != n:
+            raise ValueError(f"labels must be integer class indices of shape ({n},), got dtype {labels.dtype} and "
+                             f"shape {tuple(labels.shape)}")
+        on_host = labels.device.type == "cpu"  # values are checked where reading them costs no device sync
+        if on_host and labels.numel() and not (int(labels.min()) >= 0 and int(labels.max()) < self.num_classes):
+            raise ValueError(f"labels must be in [0, {self.num_classes}), got values from {int(labels.min())} to "
+                             f"{int(labels.max())}")
+        return labels.to(self.device, torch.long)
+
+    @contextmanager
+    def conditioned_on(self, labels: torch.Tensor | None) -> Iterator[None]:
+        """Within the block, ``posterior`` / ``encode`` / ``decode`` / ``forward`` use ``labels`` ``(B,)``."""
+        previous, self._labels = self._labels, labels
+        try:
+            yield
+        finally:
+            self._labels = previous
+
+    def posterior(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> DiagonalGaussian:
+        """``q(z|x, y)`` of images ``(B, C, H, W)`` and labels ``(B,)`` (default: those of the current batch)."""
+        y = self.check_labels(labels, x.shape[0])
+        plane = self.label_embedding(y).view(x.shape[0], 1, *x.shape[2:]).to(x.dtype)
+        return super().posterior(torch.cat([x, plane], dim=1))
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``p(x|z, y)``'s parameters for latents ``(N, D)``; ``N`` may be a multiple of the label count (samples
+        flattened as ``(n, B)``, as ``log_weights`` and ``interpolate`` do): labels repeat over the leading ``n``."""
+        y = labels if labels is not None else self._labels
+        y = self.check_labels(y, y.shape[0] if y is not None else z.shape[0])
+        if z.shape[0] % max(y.shape[0], 1):
+            raise ValueError(f"{z.shape[0]} latents cannot be paired with {y.shape[0]} labels")
+        y = y.repeat(z.shape[0] // y.shape[0])
+        return super().decode(torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=-1))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """``n`` images of the classes ``labels`` ``(n,)`` (default ``i % num_classes``): ``z ~ N(0, I)``, then
+        the mean of ``p(x|z, y)``, ``(n, C, H, W)``."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        y = torch.arange(n, device=self.device) % self.num_classes if labels is None else labels
+        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device, dtype=self.dtype)
+        return self.output_to_image(self.decode(z, self.check_labels(y, n)))
+
+    # ---- every step reads the batch's labels ------------------------------------------------------------------
+    def _batch_labels(self, batch: Any) -> torch.Tensor:
+        return self.check_labels(extract_labels(batch), extract_images(batch).shape[0])
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        with self.conditioned_on(self._batch_labels(batch)):
+            return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        with self.conditioned_on(self._batch_labels(batch)):
+            return super().validation_step(batch, batch_idx)
+
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        with self.conditioned_on(self._batch_labels(batch)):
+            return super().test_step(batch, batch_idx)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        with self.conditioned_on(self._batch_labels(batch)):
+            return super().predict_step(batch, batch_idx, dataloader_idx)
