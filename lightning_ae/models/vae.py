@@ -31,18 +31,16 @@ class VAE(AutoencoderBase):
     ``val/active_units`` and the importance-weighted ``test/nll`` and ``test/bpd`` (Burda et al. 2015).
 
     Args:
-        likelihood: decoder distribution ``p(x|z)``: ``bernoulli`` (logits; binarized images, ``pixel_range``
-            (0, 1)), ``gaussian`` or ``logistic`` (discretized logistic mixture of 8-bit pixels, Salimans et al.
-            2017: honest bits/dim on colour images).
-        gaussian_std: fixed standard deviation of the ``gaussian`` likelihood, in pixel units; ``None`` learns a
-            per-pixel variance (the decoder outputs 2 channels per image channel). Ignored for ``bernoulli``.
+        likelihood: ``p(x|z)``: ``bernoulli`` (logits; binarized images, ``pixel_range`` (0, 1)), ``gaussian`` or
+            ``logistic`` (discretized logistic mixture of 8-bit pixels, Salimans et al. 2017; honest bits/dim).
+        gaussian_std: fixed std of the ``gaussian`` likelihood, in pixel units; ``None`` learns a per-pixel variance.
         logistic_mixtures: mixture components of the ``logistic`` likelihood (1: one discretized logistic).
         beta: weight of the KL term after warm-up (1 gives the ELBO; Higgins et al. 2017 for other values).
         kl_warmup_steps: optimizer steps over which the KL weight grows linearly from 0 to ``beta``
             (Bowman et al. 2016); 0 disables warm-up.
         free_bits: floor in nats on the batch-mean KL of each latent dimension (Kingma et al. 2016); 0 disables.
-        iw_samples: importance samples ``K`` of ``test/nll``: 100 takes about 2 minutes on the MNIST test set on a
-            2-core CPU; published figures use 1000 or 5000 (``--model.iw_samples 1000``, ten times longer).
+        iw_samples: importance samples ``K`` of ``test/nll`` (100: about 2 minutes on the MNIST test set on a 2-core
+            CPU; published figures use 1000 or 5000, ``--model.init_args.iw_samples 1000``).
         iw_batch: importance samples decoded at once (bounds memory to ``iw_batch x batch`` images).
         active_threshold: variance threshold of an active unit (Burda et al. 2015 use 1e-2).
         **kwargs: the arguments of :class:`~lightning_ae.models.AutoencoderBase`; the encoder maps images to
@@ -70,8 +68,8 @@ class VAE(AutoencoderBase):
                                  ("free_bits", free_bits, 0), ("iw_samples", iw_samples, 1), ("iw_batch", iw_batch, 1)):
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
-        self.beta, self.kl_warmup_steps, self.free_bits = beta, kl_warmup_steps, free_bits
-        self.iw_samples, self.iw_batch = iw_samples, iw_batch
+        self.beta, self.kl_warmup_steps, self.free_bits, self.iw_samples = beta, kl_warmup_steps, free_bits, iw_samples
+        self.iw_batch = iw_batch
         self.init_networks(encoder_out_mult=2, decoder_out_mult=self.pixel_likelihood.channels_per_pixel)
         self.active_units = ActiveUnits(self.latent_dim, active_threshold)
 
@@ -83,8 +81,7 @@ class VAE(AutoencoderBase):
                              f"(mean, log-variance), got {tuple(params.shape)}")
         return DiagonalGaussian.from_params(params)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The posterior mean ``(B, latent_dim)``."""
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # the posterior mean (B, latent_dim)
         return self.posterior(x).mode()
 
     def output_to_image(self, output: torch.Tensor) -> torch.Tensor:

@@ -14,26 +14,7 @@ from lightning_ae.distributed import log_global
 from lightning_ae.metrics import CodebookUsage
 from lightning_ae.models.base import AutoencoderBase, LossOutput, Stage
 from lightning_ae.nets.common import Init
-from lightning_ae.quantizers import Quantizer, QuantizerOutput, VectorQuantizer
-
-STAGES: tuple[Stage, ...] = ("train", "val", "test")
-
-
-def check_quantizer(quantizer: nn.Module, latent_dim: int, vq_arguments: dict[str, Any]) -> Quantizer:
-    """Checks a quantizer given to :class:`VQVAE`: a :class:`Quantizer` whose ``code_dim`` is ``latent_dim``, and
-    no :class:`VectorQuantizer` argument of the VQ-VAE set to a non-default value (it would be ignored)."""
-    if not isinstance(quantizer, Quantizer):
-        raise TypeError(f"quantizer must be a lightning_ae.quantizers.Quantizer (VectorQuantizer, FSQ, LFQ, "
-                        f"ResidualVQ or a subclass of your own), got {type(quantizer).__name__}")
-    if quantizer.code_dim != latent_dim:
-        raise ValueError(f"the quantizer's code_dim={quantizer.code_dim} differs from the VQ-VAE's latent_dim="
-                         f"{latent_dim} (the encoder's output channels): set both to the same value")
-    defaults = inspect.signature(VQVAE.__init__).parameters
-    ignored = [name for name, value in vq_arguments.items() if value != defaults[name].default]
-    if ignored:
-        raise ValueError(f"{', '.join(ignored)} configure the default VectorQuantizer, but a quantizer "
-                         f"({type(quantizer).__name__}) was given: set them on the quantizer instead")
-    return quantizer
+from lightning_ae.quantizers import QuantizerOutput, VectorQuantizer, check_quantizer
 
 
 class VQVAE(AutoencoderBase):
@@ -46,32 +27,23 @@ class VQVAE(AutoencoderBase):
     epoch, the :class:`CodebookUsage` of train, val and test (``{stage}/codebook_perplexity``,
     ``codebook_used_fraction``, ``codebook_dead_codes``).
 
-    The quantizer is any :class:`~lightning_ae.quantizers.Quantizer` (``VectorQuantizer``, ``FSQ``, ``LFQ``,
-    ``ResidualVQ``), given as ``quantizer`` (from YAML with ``class_path``); by default a ``VectorQuantizer`` built
-    from ``num_codes`` ... ``cosine`` below, which must then keep their defaults.
-
     Args:
         latent_dim: code dimension ``D``.
         network: must be ``conv`` (the latents form a spatial grid).
-        num_codes: codebook size ``K``.
-        beta: commitment weight (eq. 3).
-        ema: EMA codebook updates (Appendix A.1) instead of the codebook loss.
-        decay: EMA decay.
-        epsilon: Laplace smoothing of the EMA cluster sizes.
-        kmeans_init: k-means initialisation of the codebook from the first training batch.
-        kmeans_iters: Lloyd iterations of the k-means initialisation.
-        restart_threshold: restart codes whose EMA usage per step falls below this (0: never).
-        cosine: cosine-similarity code lookup.
+        num_codes: codebook size ``K`` of the default quantizer; ``beta`` (commitment weight, eq. 3), ``ema``
+            (EMA codebook, Appendix A.1), ``decay``, ``epsilon`` (Laplace smoothing), ``kmeans_init``,
+            ``kmeans_iters``, ``restart_threshold`` (dead-code restarts) and ``cosine`` (cosine lookup) are its other
+            arguments, as :class:`~lightning_ae.quantizers.VectorQuantizer` documents them.
         hidden_channels: channels of the default networks (sonnet: 128).
         res_channels: hidden channels of the residual blocks (sonnet: 32).
         num_res_blocks: residual blocks (sonnet: 2).
-        data_variance: the reconstruction MSE is divided by this in the loss, as in sonnet's example (the training
-            pixel variance, :meth:`ImageDataModule.pixel_variance`; about 0.063 for CIFAR-10 in a range of width 1);
-            it weighs eq. 3's first term against the commitment. The logged ``recon`` stays the plain MSE.
+        data_variance: divides the reconstruction MSE in the loss (eq. 3's first term), as sonnet's example does
+            with the training pixel variance (:meth:`ImageDataModule.pixel_variance`); ``recon`` is logged undivided.
         weight_init: initialisation of the default networks: ``torch`` (PyTorch's defaults) or ``sonnet``
             (sonnet 2's: truncated normal with std ``1/sqrt(fan_in)``, zero biases).
-        quantizer: the quantizer; its ``code_dim`` must equal ``latent_dim``. ``None``: ``VectorQuantizer(num_codes,
-            latent_dim, beta, ema, decay, epsilon, kmeans_init, kmeans_iters, restart_threshold, cosine)``.
+        quantizer: any :class:`~lightning_ae.quantizers.Quantizer` (``VectorQuantizer``, ``FSQ``, ``LFQ``,
+            ``ResidualVQ``; from YAML with ``class_path``) whose ``code_dim`` is ``latent_dim``; ``None`` builds the
+            default ``VectorQuantizer`` from ``num_codes`` ... ``cosine`` (which must keep their defaults otherwise).
         **kwargs: the other arguments of :class:`~lightning_ae.models.AutoencoderBase` (sonnet's optimizer is Adam
             with lr 3e-4, its ``pixel_range`` ``(-0.5, 0.5)``).
     """
@@ -107,13 +79,17 @@ class VQVAE(AutoencoderBase):
         vq_arguments = {"num_codes": num_codes, "beta": beta, "ema": ema, "decay": decay, "epsilon": epsilon,
                         "kmeans_init": kmeans_init, "kmeans_iters": kmeans_iters,
                         "restart_threshold": restart_threshold, "cosine": cosine}
-        self.quantizer: Quantizer = (VectorQuantizer(code_dim=latent_dim, **vq_arguments) if quantizer is None
-                                     else check_quantizer(quantizer, latent_dim, vq_arguments))
+        if quantizer is not None:  # the default quantizer's arguments would be ignored: refuse them
+            defaults = inspect.signature(VQVAE.__init__).parameters
+            if ignored := [k for k, v in vq_arguments.items() if v != defaults[k].default]:
+                raise ValueError(f"{', '.join(ignored)} configure the default VectorQuantizer, but a quantizer "
+                                 f"({type(quantizer).__name__}) was given: set them on the quantizer instead")
+        self.quantizer = (VectorQuantizer(code_dim=latent_dim, **vq_arguments) if quantizer is None
+                          else check_quantizer(quantizer, latent_dim))
         self.data_variance = data_variance
         self.train_codebook_usage, self.val_codebook_usage, self.test_codebook_usage = (
-            CodebookUsage(self.quantizer.codebook_size, self.quantizer.indices_per_position) for _ in STAGES)
+            CodebookUsage(self.quantizer.codebook_size, self.quantizer.indices_per_position) for _ in range(3))
 
-    # ---- the contract used by the prior and the callbacks --------------------------------------------------------
     def quantize(self, z_e: torch.Tensor, update: bool = False) -> QuantizerOutput:
         """Quantizes ``z_e`` ``(B, D, h, w)``; ``update`` lets the batch change the codebook (training only)."""
         return self.quantizer(z_e, update=update)
@@ -127,15 +103,13 @@ class VQVAE(AutoencoderBase):
         return self.quantize(self.encode(self.check_images(x))).indices
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Code indices ``(B, h, w)`` (``(B, Q, h, w)`` for residual VQ) -> images ``(B, C, H, W)`` in pixel
-        space."""
+        """Code indices ``(B, h, w)`` (``(B, Q, h, w)`` for residual VQ) -> images ``(B, C, H, W)``."""
         return self.output_to_image(self.decoder(self.quantizer.indices_to_codes(indices)))
 
     def codebook_usage(self, stage: Stage) -> CodebookUsage:
         """The :class:`CodebookUsage` metric counting the codes of ``stage`` in the current epoch."""
         return getattr(self, f"{stage}_codebook_usage")
 
-    # ---- the step ------------------------------------------------------------------------------------------------
     def loss_terms(self, x: torch.Tensor, stage: Stage) -> LossOutput:
         q = self.quantize(self.encode(x), update=stage == "train")
         x_hat = self.decoder(q.quantized)
@@ -156,9 +130,6 @@ class VQVAE(AutoencoderBase):
         if usage.update_called:  # compute() sums the counts over the ranks: every rank runs it
             log_global(self, {f"{stage}/codebook_{k}": v for k, v in usage.compute().items()})
         usage.reset()
-
-    def on_train_epoch_start(self) -> None:
-        self.train_codebook_usage.reset()
 
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()

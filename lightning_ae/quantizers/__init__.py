@@ -9,7 +9,7 @@
 Their shared pure functions are in :mod:`lightning_ae.quantizers.functional`.
 """
 
-from lightning_ae.quantizers.base import Quantizer, QuantizerOutput
+from lightning_ae.quantizers.base import Quantizer, QuantizerOutput, check_quantizer
 from lightning_ae.quantizers.fsq import FSQ
 from lightning_ae.quantizers.functional import (
     all_reduce_sum,
@@ -31,6 +31,6 @@ from lightning_ae.quantizers.vq import VectorQuantizer
 
 __all__ = [
     "FSQ", "LFQ", "Quantizer", "QuantizerOutput", "ResidualVQ", "VectorQuantizer", "all_reduce_sum",
-    "broadcast_from_rank0", "count_codes", "ema_codebook", "entropy", "initial_codebook", "laplace_smoothed",
-    "perplexity_of_counts", "rotation_trick", "sample_rows", "straight_through", "vq_losses",
+    "broadcast_from_rank0", "check_quantizer", "count_codes", "ema_codebook", "entropy", "initial_codebook",
+    "laplace_smoothed", "perplexity_of_counts", "rotation_trick", "sample_rows", "straight_through", "vq_losses",
 ]

@@ -86,3 +86,15 @@ class Quantizer(nn.Module):
         """Codes ``(*indices.shape, D)`` -> ``(B, D, *spatial)`` (rows ``(N, D)`` stay as they are). Uses the
         non-negative ``movedim(indices.ndim, 1)``: the ONNX exporter writes an invalid Transpose for ``-1``."""
         return codes.movedim(indices.ndim, 1) if indices.ndim > 1 else codes
+
+
+def check_quantizer(quantizer: nn.Module, code_dim: int) -> Quantizer:
+    """``quantizer`` if it is a :class:`Quantizer` of ``code_dim``-dimensional inputs; a clear error otherwise
+    (naming both dimensions: the model's latent size and the quantizer's ``code_dim``)."""
+    if not isinstance(quantizer, Quantizer):
+        raise TypeError(f"quantizer must be a lightning_ae.quantizers.Quantizer (VectorQuantizer, FSQ, LFQ, "
+                        f"ResidualVQ or a subclass of your own), got {type(quantizer).__name__}")
+    if quantizer.code_dim != code_dim:
+        raise ValueError(f"the quantizer's code_dim={quantizer.code_dim} differs from the VQ-VAE's latent_dim="
+                         f"{code_dim} (the encoder's output channels): set both to the same value")
+    return quantizer
