@@ -310,3 +310,67 @@ def test_real_cifar10(real_cifar_dir: Path) -> None:
     assert data.train_set.labels.bincount().tolist() == [5000] * 10
     assert data.test_set.labels.bincount().tolist() == [1000] * 10
     assert len(data.class_names) == 10
+
+
+# ---- paths that nothing else exercises (issue 14) ---------------------------------------------------------------
+def test_fashion_mnist_loads_its_own_folder(tiny_data_dir: Path) -> None:
+    data = FashionMNISTDataModule(data_dir=str(tiny_data_dir), download=False, val_size=16)
+    data.prepare_data()
+    data.setup()
+    mnist = _mnist(tiny_data_dir)
+    mnist.setup()
+    assert data.train_set.images.shape == (80, 1, 28, 28) and data.class_names[9] == "Ankle boot"
+    assert not torch.equal(data.test_set.images, mnist.test_set.images)  # FashionMNIST/raw, not MNIST/raw
+
+
+def test_mnist_label_above_nine_is_named(tmp_path: Path) -> None:
+    raw = write_mnist(tmp_path) / "MNIST" / "raw"
+    labels = np.arange(32) % 10
+    labels[5] = 11
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
+    with pytest.raises(DatasetFileError, match="labels exceed 9"):
+        _mnist(tmp_path).setup("test")
+
+
+def _archive(path: Path, members: dict[str, bytes]) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_corrupt_cifar_archive_is_named(tmp_path: Path) -> None:
+    archive = _archive(tmp_path / "cifar-10-python.tar.gz", {"cifar-10-batches-py/data_batch_1": b"x" * 4096})
+    archive.write_bytes(archive.read_bytes()[:100])  # truncated
+    with pytest.raises(DatasetFileError, match="cannot be extracted"):
+        CIFAR10DataModule(data_dir=str(tmp_path), val_size=10).prepare_data()
+    assert not (tmp_path / "cifar-10-batches-py").exists()
+
+
+def test_cifar_archive_without_its_folder_is_named(tmp_path: Path) -> None:
+    _archive(tmp_path / "cifar-10-python.tar.gz", {"other/data_batch_1": b"x"})
+    with pytest.raises(DatasetFileError, match="has no cifar-10-batches-py/ folder"):
+        CIFAR10DataModule(data_dir=str(tmp_path), val_size=10).prepare_data()
+
+
+def test_cifar_meta_with_wrong_number_of_names(tmp_path: Path) -> None:
+    write_cifar(tmp_path)
+    meta = {b"label_names": [b"a", b"b", b"c"], b"num_cases_per_batch": 20, b"num_vis": 3072}
+    (tmp_path / "cifar-10-batches-py" / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    with pytest.raises(DatasetFileError, match="3 class names, expected 10"):
+        CIFAR10DataModule(data_dir=str(tmp_path), download=False, val_size=10).setup("test")
+
+
+def test_worker_processes_deliver_the_same_batches(tiny_data_dir: Path) -> None:
+    batches = {}
+    for workers in (0, 2):
+        data = _mnist(tiny_data_dir, num_workers=workers, batch_size=16)
+        data.setup("fit")
+        batches[workers] = [images for images, _ in data.val_dataloader()]
+    assert len(batches[0]) == len(batches[2]) == 1
+    assert all(torch.equal(a, b) for a, b in zip(batches[0], batches[2], strict=True))
