@@ -68,7 +68,13 @@ def test_dae_does_not_corrupt_at_evaluation(stage: str) -> None:
     with torch.no_grad():
         torch.testing.assert_close(reconstruction, model(x))  # the returned reconstruction is from the clean input
         torch.testing.assert_close(terms["loss"], reconstruction_loss(model.decode(model.encode(x)), x, "mse"))
-    assert terms["mse_corrupted"] > 0
+    torch.manual_seed(5)
+    out = model.loss_terms(x, stage)
+    torch.manual_seed(5)
+    noisy = model.corrupt(x)  # the clean pass draws nothing: the same corruption as inside loss_terms
+    with torch.no_grad():
+        expected = torch.nn.functional.mse_loss(model(noisy).clamp(0, 1), x)
+    torch.testing.assert_close(out.terms["mse_corrupted"], expected)  # the corrupted copy's error, by hand
 
 
 def test_dae_validation_logs_clean_and_corrupted_reconstruction(tmp_path: Path) -> None:
@@ -127,7 +133,11 @@ def test_sae_topk_code_has_exactly_k_active_units_and_logs_it(tmp_path: Path) ->
     assert torch.equal((z != 0).sum(1), torch.full((16,), 5))
     metrics = validate(model, tmp_path)
     assert metrics["val/active_fraction"] == pytest.approx(5 / 20)
-    assert "val/mean_activation" in metrics
+    data = FakeImageDataModule(image_shape=SHAPE, num_train=96, val_size=64, batch_size=32)  # as validate()
+    data.setup("fit")
+    with torch.no_grad():  # the epoch mean of the batch means (equal batches): the mean code over the set
+        expected = model.encode(data.transform(data.val_set.images, training=False)).mean().item()
+    assert metrics["val/mean_activation"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_sae_kl_training_moves_mean_activation_towards_rho(tmp_path: Path) -> None:
