@@ -410,8 +410,6 @@ trainer:
       init_args: {num_pairs: 3, traversal_dims: 2}
     - class_path: lightning_ae.callbacks.LatentSpaceVisualizer
       init_args: {projection: tsne, num_samples: 500}
-    - class_path: lightning_ae.callbacks.CodebookUsageMonitor
-      init_args: {min_used_fraction: 0.25}
 model: {class_path: lightning_ae.VAE}
 data: {class_path: lightning_ae.FakeImageDataModule}
 """
@@ -431,7 +429,7 @@ def test_cli_yaml_callbacks_wandb_logger_and_rich_defaults(
     config = tmp_path / "config.yaml"
     config.write_text(CLI_CONFIG)
     cli = LightningAECLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                         auto_configure_optimizers=False, run=False,
+                         auto_configure_optimizers=False, run=False, save_config_kwargs={"overwrite": True},
                          args=["--config", str(config), "--trainer.logger.save_dir", str(tmp_path),
                                "--trainer.enable_progress_bar", str(progress_bar).lower()])
     assert isinstance(cli.trainer.logger, WandbLogger)
@@ -439,6 +437,28 @@ def test_cli_yaml_callbacks_wandb_logger_and_rich_defaults(
     assert found[ReconstructionGrid].every_n_epochs == 2 and found[ReconstructionGrid].max_rows == 16
     assert found[SampleGrid].num_samples == 9 and found[SampleGrid].seed == 3
     assert found[LatentInterpolation].traversal_dims == 2 and found[LatentSpaceVisualizer].projection == "tsne"
-    assert found[CodebookUsageMonitor].min_used_fraction == 0.25
     assert (RichProgressBar in found) is progress_bar  # the config's callbacks are kept, Rich ones added
     assert RichModelSummary in found
+    if progress_bar:
+        return
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)  # run them: images from each, t-SNE
+    points = found[LatentSpaceVisualizer].last_points
+    assert points is not None and points.shape[1] == 2 and torch.isfinite(points).all()
+    wandb_files = list(tmp_path.rglob("*.wandb"))
+    assert wandb_files, "the offline W&B run wrote nothing"
+
+
+def test_codebook_monitor_on_a_model_without_codes_is_a_clear_error(tmp_path: Path) -> None:
+    """A YAML config that gives CodebookUsageMonitor to a VAE fails at setup, naming what the model lacks."""
+    with pytest.raises(TypeError, match=r"CodebookUsageMonitor needs a model with codebook_usage\(\); VAE has none"):
+        trainer(tmp_path, False, [CodebookUsageMonitor()]).validate(build("VAE", lambda: None), datamodule=datamodule())
+
+
+def test_tsne_projection_keeps_clusters_apart() -> None:
+    """project_2d(..., "tsne") (scikit-learn) on two far-apart 10-D clusters gives two separable 2-D groups."""
+    generator = torch.Generator().manual_seed(0)
+    points = torch.cat([torch.randn(40, 10, generator=generator), torch.randn(40, 10, generator=generator) + 20])
+    embedded = project_2d(points, "tsne", perplexity=10.0)
+    assert embedded.shape == (80, 2)
+    a, b = embedded[:40], embedded[40:]
+    assert torch.cdist(a.mean(0, keepdim=True), b).min() > torch.cdist(a.mean(0, keepdim=True), a).max()
