@@ -462,3 +462,25 @@ def test_tsne_projection_keeps_clusters_apart() -> None:
     assert embedded.shape == (80, 2)
     a, b = embedded[:40], embedded[40:]
     assert torch.cdist(a.mean(0, keepdim=True), b).min() > torch.cdist(a.mean(0, keepdim=True), a).max()
+
+
+def test_reconstruction_grid_cells_are_the_inputs_and_their_reconstructions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each cell of the drawn grid, by position: row 0 the first validation images, row 1 ``model(x)`` of them."""
+    import lightning_ae.callbacks.images as images_module
+
+    drawn: dict[str, torch.Tensor] = {}
+    monkeypatch.setattr(images_module, "log_image", lambda trainer, key, image, step=None: drawn.update({key: image}))
+    model = Autoencoder(latent_dim=8, **COMMON).eval()
+    data = datamodule()
+    trainer(tmp_path, False, [ReconstructionGrid(num_images=4, nrow=4)]).validate(model, datamodule=data)
+    grid = drawn["val/reconstructions"]
+    x = data.transform(data.val_set.images[:4], training=False)
+    with torch.no_grad():
+        expected = {0: x, 1: model(x).clamp(0, 1)}
+    height, width = SHAPE[1:]
+    for row, images in expected.items():
+        for col in range(4):
+            top, left = 2 + row * (height + 2), 2 + col * (width + 2)
+            torch.testing.assert_close(grid[:, top:top + height, left:left + width], images[col])
