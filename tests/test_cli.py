@@ -29,12 +29,20 @@ def _fit(tmp_path: Path, data_dir: Path, *extra: str) -> Path:
 
 
 def test_fit_checkpoint_loads_with_no_arguments(tmp_path: Path, tiny_data_dir: Path) -> None:
-    ckpt = _fit(tmp_path, tiny_data_dir, "--model.latent_dim", "7")
+    from lightning_ae.cli import build_cli
+
+    cli = build_cli([  # the CLI's own model and trainer, so the checkpoint is compared with the model that trained
+        "--model", "Autoencoder", "--model.recon_loss", "bce", "--model.latent_dim", "7",
+        "--data", "MNISTDataModule", "--data.data_dir", str(tiny_data_dir), "--data.download", "false",
+        "--data.val_size", "16", "--data.batch_size", "16", "--trainer.max_epochs", "2",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false"], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    (ckpt,) = (tmp_path / "lightning_logs").glob("version_*/checkpoints/*.ckpt")
     model = Autoencoder.load_from_checkpoint(ckpt)  # nothing else: the config is in the checkpoint
     assert model.latent_dim == 7 and model.image_shape == (1, 28, 28) and model.num_classes == 10
-    init = Autoencoder(recon_loss="bce", latent_dim=7, num_classes=10)
-    assert any(not torch.equal(a, b) for a, b in zip(init.state_dict().values(), model.state_dict().values(),
-                                                    strict=True))  # the checkpoint holds other (trained) weights
+    trained = cli.model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
     x = torch.rand(2, 1, 28, 28)
     out = model.eval()(x)
     assert out.shape == x.shape and torch.all((out > 0) & (out < 1))  # sigmoid of the BCE logits
