@@ -58,9 +58,12 @@ def cache_key(root: Path, scan: FolderScan, options: DecodeOptions, skip_bad: bo
     header = {"version": CACHE_VERSION, "root": str(root.resolve()), "options": asdict(options),
               "skip_bad": skip_bad, "classes": scan.class_names}
     digest.update(json.dumps(header, sort_keys=True).encode())
+    prefix = str(root) + os.sep
     for path, label, split in zip(scan.files, scan.labels, scan.splits, strict=True):
-        st = path.stat()
-        digest.update(f"\n{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\0{split}".encode())
+        name = str(path)  # the relative path by slicing where it can (pathlib's relative_to is 5 us a file)
+        relative = name[len(prefix):] if name.startswith(prefix) else str(path.relative_to(root))
+        st = os.stat(name)
+        digest.update(f"\n{relative}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\0{split}".encode())
     return digest.hexdigest()[:24]
 
 

@@ -80,9 +80,22 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
+def _image_entries(folder: str, recursive: bool) -> list[str]:
+    """Paths of the image files in ``folder`` (and below it when ``recursive``), from the directory entries alone
+    (``DirEntry.is_file`` reads the entry's type: no ``stat`` per file)."""
+    found = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if recursive and entry.is_dir():
+                found += _image_entries(entry.path, recursive)
+            elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(entry.path)
+    return found
+
+
 def _images_in(folder: Path, recursive: bool) -> list[Path]:
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and _visible(p))
+    paths = [Path(p) for p in _image_entries(str(folder), recursive)]
+    return sorted((p for p in paths if _visible(p)), key=lambda p: p.parts)  # Path order, without Path.__lt__
 
 
 def _subfolders(folder: Path, skip: Path | None) -> list[Path]:
@@ -184,10 +197,11 @@ def decode_image(path: str | os.PathLike[str], options: DecodeOptions) -> np.nda
     try:
         with Image.open(path) as opened:
             opened.load()
-            image = _to_8bit(ImageOps.exif_transpose(opened))
+            ImageOps.exif_transpose(opened, in_place=True)  # turned as its EXIF says, without a copy per image
+            image = _to_8bit(opened)
             if image.mode == "P" and "transparency" in image.info:
                 image = image.convert("RGBA")
-            image = _fit(image.convert(mode), options)
+            image = _fit(image if image.mode == mode else image.convert(mode), options)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageDecodeError(f"{path}: {err}") from err
     array = np.asarray(image, dtype=np.uint8)
