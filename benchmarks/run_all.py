@@ -145,7 +145,7 @@ def variant_row(dataset: str, variant: str, command: list[str], m: dict[str, flo
     return {"variant": variant, "dataset": dataset, "mse": fmt(m, "test/mse", ".4f"),
             "psnr": fmt(m, "test/psnr", ".2f"), "ssim": fmt(m, "test/ssim", ".3f"), "probe": fmt(m, "probe", ".3f"),
             "nll": fmt(m, "test/nll", ".2f"), "perplexity": fmt(m, "test/codebook_perplexity", ".1f"),
-            "used": fmt(m, "test/codebook_used_fraction", ".2f"), "command": shlex.join(command[1:])}
+            "used": fmt(m, "test/codebook_used_fraction", ".2f"), "command": "python " + shlex.join(command[1:])}
 
 
 def write_table(readme: Path, text: str) -> None:
