@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from lightning_ae import ArrayDataModule
-from lightning_ae.cli import main
 from lightning_ae.data import DatasetFileError
 
 
@@ -81,8 +80,13 @@ def test_npz_without_the_key(tmp_path: Path) -> None:
 
 
 def test_cli_trains_from_npz(tmp_path: Path) -> None:
+    from lightning_ae.cli import build_cli
+
     np.savez(tmp_path / "d.npz", images=_images(40, (1, 8, 8)), labels=np.arange(40) % 2)
-    main(["fit", "--model", "Autoencoder", "--data", "ArrayDataModule", "--data.images", str(tmp_path / "d.npz"),
-          "--data.labels", str(tmp_path / "d.npz"), "--data.batch_size", "8", "--trainer.fast_dev_run", "true",
-          "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path),
-          "--trainer.enable_progress_bar", "false"])
+    cli = build_cli(["--model", "Autoencoder", "--data", "ArrayDataModule", "--data.images", str(tmp_path / "d.npz"),
+                     "--data.labels", str(tmp_path / "d.npz"), "--data.batch_size", "8",
+                     "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu",
+                     "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"], run=False)
+    assert cli.model.image_shape == (1, 8, 8) and cli.model.num_classes == 2  # linked from the arrays
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 1 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])

@@ -35,8 +35,22 @@ def test_fit_writes_a_folder_matching_the_checkpoint(fitted: Path) -> None:
 
 
 def test_test_and_predict_take_a_model_folder(fitted: Path, tmp_path: Path) -> None:
+    from lightning_ae import FakeImageDataModule
+
     for command in ("test", "predict"):  # no --model: the folder names its class and arguments
-        main([command, *COMMON, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(fitted / "vae")])
+        main([command, *COMMON, "--trainer.default_root_dir", str(tmp_path / command), "--trainer.logger",
+              "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path / command),
+              "--ckpt_path", str(fitted / "vae")])
+    (metrics_csv,) = (tmp_path / "test").rglob("metrics.csv")
+    assert "test/nll" in metrics_csv.read_text().splitlines()[0]  # the folder's VAE was tested
+    (predictions,) = (tmp_path / "predict").rglob("predictions.pt")
+    written = torch.load(predictions, weights_only=True)
+    data = FakeImageDataModule(image_shape=(1, 8, 8), num_train=64, val_size=16, num_test=16, batch_size=16)
+    data.setup("test")
+    model = VAE.from_pretrained(fitted / "vae")
+    with torch.no_grad():  # the predictions are the folder model's, on every test image in order
+        expected = model(data.transform(data.test_set.images, training=False))
+    torch.testing.assert_close(written["reconstruction"], expected)
 
 
 @pytest.mark.parametrize("source", ["folder", "ckpt"])
