@@ -158,6 +158,8 @@ def budget(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     out["test_nll"] = test_nll(model, test_x, args.k)
     out["eval_s"] = time.perf_counter() - start
+    for k in args.also_k:  # the same model scored with other K (e.g. K=100 to compare with an earlier row)
+        out[f"test_nll_k{k}"] = test_nll(model, test_x, k)
     print(json.dumps(out), flush=True)
     if args.pythae and args.model in ("vae", "iwae"):
         out.update(pythae_budget(args, dm, test_x))
@@ -206,6 +208,7 @@ def main() -> None:
     budget_args.add_argument("--curve-every", type=float, default=5.0, help="training minutes between points")
     budget_args.add_argument("--curve-k", type=int, default=100)
     budget_args.add_argument("--curve-images", type=int, default=2000)
+    budget_args.add_argument("--also-k", type=int, nargs="*", default=[], help="also score with these K")
     budget_args.add_argument("--pythae", action="store_true", help="also pythae's vae/iwae at the same budget")
     args = parser.parse_args()
     if args.epochs is None:

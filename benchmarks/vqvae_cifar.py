@@ -22,6 +22,8 @@ decoder), and ``--eval-set test`` scores the 10,000 test images (error, perplexi
 | ``vq`` | today's default: ``VectorQuantizer(512, 64)``, EMA |
 | ``vq_rotation`` | the same with the rotation trick |
 | ``vq_factorized`` | ``VectorQuantizer(512, 64, codebook_dim=8, cosine=True)`` (EMA) |
+| ``vq_restart`` | ``VectorQuantizer(512, 64, kmeans_init=True, restart_threshold=1.0)``: k-means, restarts |
+| ``vq_factorized_restart`` | the factorized cosine VQ with the same k-means init and restarts |
 | ``fsq`` | ``FSQ([8, 5, 5, 5], code_dim=64)``: 1,000 codes |
 | ``lfq`` | ``LFQ(1024, code_dim=64)``: 2^10 codes |
 | ``rvq`` | ``ResidualVQ(4, 512, 64)``: 4 levels of 512 (EMA) |
@@ -56,7 +58,7 @@ VARIANTS = {
     "learned_codebook": {"weight_init": "sonnet", "ema": False},
 }
 
-QUANTIZERS = ("vq", "vq_rotation", "vq_factorized", "fsq", "lfq", "rvq")
+QUANTIZERS = ("vq", "vq_rotation", "vq_factorized", "vq_restart", "vq_factorized_restart", "fsq", "lfq", "rvq")
 
 
 def build_quantizer(name: str) -> Quantizer | None:
@@ -65,6 +67,9 @@ def build_quantizer(name: str) -> Quantizer | None:
         "vq": lambda: None,
         "vq_rotation": lambda: VectorQuantizer(512, 64, rotation_trick=True),
         "vq_factorized": lambda: VectorQuantizer(512, 64, codebook_dim=8, cosine=True),
+        "vq_restart": lambda: VectorQuantizer(512, 64, kmeans_init=True, restart_threshold=1.0),
+        "vq_factorized_restart": lambda: VectorQuantizer(512, 64, codebook_dim=8, cosine=True, kmeans_init=True,
+                                                         restart_threshold=1.0),
         "fsq": lambda: FSQ([8, 5, 5, 5], code_dim=64),
         "lfq": lambda: LFQ(1024, code_dim=64),
         "rvq": lambda: ResidualVQ(4, 512, 64),

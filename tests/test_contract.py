@@ -102,6 +102,26 @@ class TestVariantContract:
         with pytest.raises(FloatingPointError, match="non-finite train loss"):
             model.training_step(torch.rand(2, *shape), 0)
 
+    def test_logged_val_loss_is_the_mean_of_loss_terms(self, cls, kwargs, shape, tmp_path: Path) -> None:
+        """What ``Trainer.validate`` logs equals ``loss_terms`` computed by hand on the same batches (same RNG
+        stream for the stochastic variants), weighted by batch size: the Lightning path adds nothing to the loss."""
+        model = make(cls, kwargs, shape)
+        data = FakeImageDataModule(image_shape=shape, num_train=64, val_size=40, batch_size=16)
+        data.setup("fit")
+        seed_everything(3)
+        trainer(tmp_path).validate(model, datamodule=data, verbose=False)
+        logged = model.trainer.callback_metrics
+        model.eval()
+        torch.manual_seed(3)
+        total, count = 0.0, 0
+        with torch.inference_mode():  # as Trainer.validate (the VQ-VAE's usage counts were made under it)
+            for batch in data.val_dataloader():
+                x = data.transform(batch[0] if isinstance(batch, (tuple, list)) else batch, training=False)
+                total += model.loss_terms(x, "val").loss.item() * x.shape[0]
+                count += x.shape[0]
+        assert count == 40
+        assert logged["val/loss"].item() == pytest.approx(total / count, rel=1e-5, abs=1e-6)
+
     def test_trains_and_checkpoint_round_trips(self, cls, kwargs, shape, tmp_path: Path) -> None:
         model = make(cls, kwargs, shape)
         data = FakeImageDataModule(image_shape=shape, num_train=256, val_size=64, batch_size=32)
