@@ -83,6 +83,15 @@ class TestVariantContract:
             losses.append(model.loss_terms(model.check_images(_images(batch)), "val").loss)
         assert all(torch.allclose(losses[0], v) for v in losses[1:])
 
+    def test_training_reconstruction_is_detached(self, cls, kwargs, shape) -> None:
+        """A training step's ``reconstruction`` holds no autograd graph (no activation is kept for it) while its
+        loss does."""
+        model = make(cls, kwargs, shape)
+        x = torch.rand(4, *shape)
+        out = model.loss_terms(x, "train")
+        assert out.loss.requires_grad and out.loss.grad_fn is not None
+        assert not out.reconstruction.requires_grad and out.reconstruction.shape == x.shape
+
     def test_bad_inputs_name_the_problem(self, cls, kwargs, shape) -> None:
         model = make(cls, kwargs, shape)
         c, h, w = shape

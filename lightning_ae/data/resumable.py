@@ -12,6 +12,7 @@ torch generator (whose state the models restore from the checkpoint, :mod:`light
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,9 +42,8 @@ class ResumableShardSampler(DistributedSampler):
         self._start = position
 
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
         start, self._start = self._start, 0
-        return iter(indices[start:])
+        return itertools.islice(super().__iter__(), start, None)
 
 
 class ResumableDataLoader(DataLoader):

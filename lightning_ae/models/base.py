@@ -87,8 +87,8 @@ class LossOutput:
 
     Attributes:
         loss: the scalar that is minimised (logged as ``{stage}/loss``).
-        reconstruction: the reconstructed images ``(B, C, H, W)`` in ``pixel_range`` (scored by the val/test
-            metrics).
+        reconstruction: the reconstructed images ``(B, C, H, W)`` in ``pixel_range``, outside the autograd graph
+            (scored by the val/test metrics; detached, so a training step keeps no activation for it).
         terms: other scalars logged as ``{stage}/<name>`` (loss components, diagnostics).
     """
 
