@@ -3,7 +3,7 @@
 Usage (``LIGHTNING_AE_CIFAR10`` must hold ``cifar-10-batches-py``; for the JPEG copy in ../shared/data, write it
 with ``python ../shared/tools/cifar10_from_jpeg.py DIR`` first)::
 
-    python -m benchmarks.vae_cifar_bpd --minutes 60 --k 100 --threads 2
+    python -m benchmarks.vae_cifar_bpd --minutes 60 --k 10 --threads 2   # K=100 takes ~25 min more on 2 cores
 
 The model: ``VAE(network="conv", likelihood="logistic", logistic_mixtures=--mixtures, latent_dim=--latent-dim)``
 (the residual conv encoder/decoder of ``lightning_ae.nets``), Adam ``--lr`` decayed along a cosine of the elapsed
