@@ -103,7 +103,7 @@ class LoopBatches:
         return min(self.images.shape[0] // self.args.batch_size, self.args.steps)
 
 
-def bare_epoch(images: torch.Tensor, module: LightningModule, args: argparse.Namespace, device: torch.device
+def loop_batches_epoch(images: torch.Tensor, module: LightningModule, args: argparse.Namespace, device: torch.device
                ) -> tuple[float, float]:
     """Images/s of the loop's batches through ``Trainer.fit`` (wall, CPU): on :class:`BareModule`, Lightning's own
     cost; on our model, Lightning's and our step's (without our datamodule)."""
@@ -234,13 +234,13 @@ def main() -> None:
         return
     loop_epoch(images, loop_model, args, device)  # warm-up (and compilation) of both
     lightning_epoch(data, ours_model, min(args.steps, 10), args)
-    bare_epoch(images, bare_module, args, device)
-    bare_epoch(images, ours_model, args, device)
+    loop_batches_epoch(images, bare_module, args, device)
+    loop_batches_epoch(images, ours_model, args, device)
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in RUNS}
     for _ in range(args.repeats):
         runs["loop"].append(loop_epoch(images, loop_model, args, device))
-        runs["bare"].append(bare_epoch(images, bare_module, args, device))
-        runs["step"].append(bare_epoch(images, ours_model, args, device))
+        runs["bare"].append(loop_batches_epoch(images, bare_module, args, device))
+        runs["step"].append(loop_batches_epoch(images, ours_model, args, device))
         runs["ours"].append(lightning_epoch(data, ours_model, args.steps, args))
     result = report(args, images.shape[0], runs)
     if args.json:

@@ -84,8 +84,7 @@ class TestVariantContract:
         assert all(torch.allclose(losses[0], v) for v in losses[1:])
 
     def test_training_reconstruction_is_detached(self, cls, kwargs, shape) -> None:
-        """A training step's ``reconstruction`` holds no autograd graph (no activation is kept for it) while its
-        loss does."""
+        """A training step's ``reconstruction`` holds no autograd graph while its loss does."""
         model = make(cls, kwargs, shape)
         x = torch.rand(4, *shape)
         out = model.loss_terms(x, "train")

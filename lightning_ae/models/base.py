@@ -87,14 +87,17 @@ class LossOutput:
 
     Attributes:
         loss: the scalar that is minimised (logged as ``{stage}/loss``).
-        reconstruction: the reconstructed images ``(B, C, H, W)`` in ``pixel_range``, outside the autograd graph
-            (scored by the val/test metrics; detached, so a training step keeps no activation for it).
+        reconstruction: the reconstructed images ``(B, C, H, W)`` in ``pixel_range`` (scored by the val/test
+            metrics); detached here, so whoever keeps it (a callback, a user's loop) keeps no autograd graph.
         terms: other scalars logged as ``{stage}/<name>`` (loss components, diagnostics).
     """
 
     loss: torch.Tensor
     reconstruction: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.reconstruction = self.reconstruction.detach()
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         """``{"loss": loss, **terms}``."""

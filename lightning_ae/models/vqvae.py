@@ -115,7 +115,7 @@ class VQVAE(AutoencoderBase):
         x_hat = self.decoder(q.quantized)
         recon = F.mse_loss(x_hat, x)
         self.codebook_usage(stage).update(q.indices)
-        return LossOutput(recon / self.data_variance + q.loss, x_hat.detach(), {
+        return LossOutput(recon / self.data_variance + q.loss, x_hat, {
             "recon": recon, "codebook": q.codebook_loss, "commitment": q.commitment_loss, "perplexity": q.perplexity,
             **q.terms})
 
