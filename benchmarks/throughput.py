@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
-from lightning_ae import VAE, VQVAE, Autoencoder, AutoencoderBase, MNISTDataModule
+from lightning_ae import VAE, VQVAE, Autoencoder, AutoencoderBase, MNISTDataModule, VectorQuantizer
 
 MODELS = {"ae": lambda **kw: Autoencoder(recon_loss="bce", **kw), "vae": lambda **kw: VAE(**kw),
-          "vqvae": lambda **kw: VQVAE(latent_dim=16, num_codes=128, hidden_channels=64, res_channels=32, **kw)}
+          "vqvae": lambda **kw: VQVAE(latent_dim=16, quantizer=VectorQuantizer(128, 16), hidden_channels=64,
+                                      res_channels=32, **kw)}
 
 
 def synchronize(device: torch.device) -> None:

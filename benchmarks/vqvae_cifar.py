@@ -51,11 +51,11 @@ from PIL import Image
 from lightning_ae import FSQ, LFQ, VQVAE, CIFAR10DataModule, CodebookUsage, ResidualVQ, VectorQuantizer
 from lightning_ae.quantizers import Quantizer
 
-VARIANTS = {
+VARIANTS = {  # the VQ-VAE's options, and (key "quantizer") the default VectorQuantizer's
     "sonnet": {"weight_init": "sonnet"},
     "unscaled": {"data_variance": 1.0},
-    "kmeans_restart": {"weight_init": "sonnet", "kmeans_init": True, "restart_threshold": 1.0},
-    "learned_codebook": {"weight_init": "sonnet", "ema": False},
+    "kmeans_restart": {"weight_init": "sonnet", "quantizer": {"kmeans_init": True, "restart_threshold": 1.0}},
+    "learned_codebook": {"weight_init": "sonnet", "quantizer": {"ema": False}},
 }
 
 QUANTIZERS = ("vq", "vq_rotation", "vq_factorized", "vq_restart", "vq_factorized_restart", "fsq", "lfq", "rvq")
@@ -153,8 +153,10 @@ def main() -> None:
     variance = dm.pixel_variance()
     quantizer = build_quantizer(args.quantizer)
     setting = {"data_variance": variance, **VARIANTS[args.variant]}
+    vq_options = setting.pop("quantizer", {})
     if quantizer is None:
-        setting = {"ema": True, "decay": 0.99, "num_codes": 512, "beta": 0.25, **setting}
+        quantizer = VectorQuantizer(**{"num_codes": 512, "code_dim": 64, "ema": True, "decay": 0.99, "beta": 0.25,
+                                       **vq_options})
     model = VQVAE(image_shape=(3, 32, 32), pixel_range=(-0.5, 0.5), latent_dim=64, quantizer=quantizer, **setting)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     errors, perplexities, rows, start = [], [], [], time.perf_counter()

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from lightning_ae import VQVAE, CodebookUsage, MNISTDataModule
+from lightning_ae import VQVAE, CodebookUsage, MNISTDataModule, VectorQuantizer
 from lightning_ae.nets.pixelcnn import GatedPixelCNN
 
 
@@ -38,8 +38,8 @@ def codes_of(model: VQVAE, dm: MNISTDataModule, images: torch.Tensor) -> torch.T
 
 
 def train_vqvae(dm: MNISTDataModule, args: argparse.Namespace, gen: torch.Generator) -> VQVAE:
-    model = VQVAE(image_shape=(1, 28, 28), latent_dim=64, num_codes=512, hidden_channels=args.hidden,
-                  kmeans_init=True, restart_threshold=1.0).train()
+    model = VQVAE(image_shape=(1, 28, 28), latent_dim=64, hidden_channels=args.hidden,
+                  quantizer=VectorQuantizer(512, 64, kmeans_init=True, restart_threshold=1.0)).train()
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     images = dm.train_set.images
     for step, idx in enumerate(random_batches(images.shape[0], args.batch_size, gen), start=1):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
-from lightning_ae import VAE, VQVAE, MNISTDataModule, PixelCNNPrior
+from lightning_ae import VAE, VQVAE, MNISTDataModule, PixelCNNPrior, VectorQuantizer
 from lightning_ae.callbacks import (
     CodebookUsageMonitor,
     LatentInterpolation,
@@ -65,8 +65,8 @@ def main() -> None:
         "samples": "vae_samples.png", "interpolations": "vae_interpolations.png"})
 
     grey = MNISTDataModule(data_dir=data_dir, batch_size=128, eval_batch_size=250, download=False)
-    vqvae = VQVAE(latent_dim=16, num_codes=64, hidden_channels=64, res_channels=32, num_res_blocks=1,
-                  kmeans_init=True, num_classes=10)
+    vqvae = VQVAE(latent_dim=16, quantizer=VectorQuantizer(64, 16, kmeans_init=True), hidden_channels=64,
+                  res_channels=32, num_res_blocks=1, num_classes=10)
     trainer = fit(vqvae, grey, work / "vqvae", epochs=2, batches=200)
     draw(vqvae, grey, work / "vqvae", [CodebookUsageMonitor(), ReconstructionGrid(num_images=16)],
          {"codebook_usage": "vqvae_codebook_usage.png", "reconstructions": "vqvae_reconstructions.png"})

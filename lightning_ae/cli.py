@@ -27,10 +27,19 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import lightning_ae  # noqa: F401  (imports every model and datamodule so short class names resolve)
 from lightning_ae.callbacks.predictions import PredictionWriter
-from lightning_ae.cli_checks import CLIInputError, check_ckpt_path, check_class_arguments, instantiation_error
+from lightning_ae.cli_checks import (
+    CLIInputError,
+    check_ckpt_path,
+    check_class_arguments,
+    guard_data_hooks,
+    instantiation_error,
+    one_line,
+)
+from lightning_ae.errors import InputError
 
 DEBUG_ENV = "LIGHTNING_AE_DEBUG"
 """Set to 1 (or pass ``--debug``) to see the traceback of a refused input instead of one line."""
@@ -43,6 +52,15 @@ class LightningAECLI(LightningCLI):
         for attr in ("image_shape", "num_classes", "pixel_range"):
             parser.link_arguments(f"data.{attr}", f"model.init_args.{attr}", apply_on="instantiate")
         add_save_pretrained_argument(parser)
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit only: start a new run although the checkpoint folder of a ModelCheckpoint "
+                                 "already holds checkpoints of an earlier run (they are overwritten)")
+
+    def before_fit(self) -> None:
+        """Refuses to start a new run over an earlier run's checkpoints (unless ``--overwrite``)."""
+        section = self.config.fit
+        if section.get("ckpt_path") is None and not section.get("overwrite") and self.trainer.is_global_zero:
+            refuse_overwriting_checkpoints(self.trainer)
 
     def after_fit(self) -> None:
         save_pretrained_after_fit(self.trainer, self.model, self.config.fit.get("save_pretrained"))
@@ -51,16 +69,20 @@ class LightningAECLI(LightningCLI):
         """Parses, then checks ``--ckpt_path`` (before Lightning reads it, and before any data)."""
         super().parse_arguments(parser, args)
         check_parsed_ckpt_path(self.config)
+        read_checkpoints_safely(self.config)
 
     def instantiate_classes(self) -> None:
         """Builds the classes; a value an ``__init__`` refuses becomes one :class:`CLIInputError` line."""
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError, FileNotFoundError) as err:
+        except MisconfigurationException as err:  # the Trainer refuses a combination of its arguments
+            raise CLIInputError(f"trainer: {one_line(err)}") from err
+        except (ValueError, TypeError, FileNotFoundError, InputError) as err:
             refused = instantiation_error(err)
             if refused is None:
                 raise
             raise refused from err
+        guard_data_hooks(self.datamodule)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Adds :func:`rich_defaults` to the configured ``trainer.callbacks`` (which stay as they are)."""
@@ -87,6 +109,30 @@ def prediction_writer_default(subcommand: str | None, callbacks: list[Callback])
     if subcommand != "predict" or any(isinstance(c, BasePredictionWriter) for c in callbacks):
         return []
     return [PredictionWriter()]
+
+
+def refuse_overwriting_checkpoints(trainer: Trainer) -> None:
+    """Raises :class:`CLIInputError` when the folder of one of the trainer's ``ModelCheckpoint`` callbacks already
+    holds ``.ckpt`` files: a new run would overwrite a trained model (the configs write ``best.ckpt`` and
+    ``last.ckpt`` into a fixed folder). The message gives the three ways on: resume, another folder, overwrite."""
+    for callback in trainer.checkpoint_callbacks:
+        folder = getattr(callback, "dirpath", None)
+        if not folder or not Path(folder).is_dir():
+            continue
+        existing = sorted(p.name for p in Path(folder).glob("*.ckpt"))
+        if existing:
+            raise CLIInputError(
+                f"{folder} already holds {', '.join(existing)} of an earlier run, which this run would overwrite: "
+                "resume it with --ckpt_path last, run from another working directory (or give the ModelCheckpoint "
+                "another dirpath in the config), or pass --overwrite")
+
+
+def read_checkpoints_safely(config: Any) -> None:
+    """Sets the subcommand's ``weights_only`` to ``True`` unless given: Lightning would otherwise unpickle a
+    ``--ckpt_path`` (``last``, ``best`` or a path) with ``weights_only=False``, which runs any code in it."""
+    subcommand = config.get("subcommand")
+    if subcommand and "weights_only" in config[subcommand] and config[subcommand]["weights_only"] is None:
+        config[subcommand]["weights_only"] = True
 
 
 def check_parsed_ckpt_path(config: Any) -> None:
@@ -118,7 +164,7 @@ def resolve_model_source(args: Sequence[str]) -> Iterator[list[str]]:
     """The arguments with a model folder given as ``--ckpt_path DIR`` replaced by what LightningCLI reads: the
     folder's model config (``--model``, appended, so it overrides a config file's model) and a Lightning
     checkpoint of its weights, written to a temporary folder that lives while the command runs."""
-    from lightning_ae.pretrained import WEIGHTS_NAME, folder_config, is_model_folder
+    from lightning_ae.pretrained import folder_config, is_model_folder, load_pretrained
 
     args = list(args)
     index = next((i for i, a in enumerate(args) if a == "--ckpt_path" or a.startswith("--ckpt_path=")), None)
@@ -130,14 +176,21 @@ def resolve_model_source(args: Sequence[str]) -> Iterator[list[str]]:
     if not folder or not is_model_folder(folder):
         yield args
         return
+    if args[:1] == ["fit"]:
+        raise CLIInputError(f"--ckpt_path {folder} is a model folder (weights, no optimizer state): fit resumes "
+                            "from a training checkpoint (.ckpt, or last); to start a new run from the folder's "
+                            f"model, give --model {Path(folder) / 'config.json'} and no --ckpt_path")
     import lightning
-    from safetensors.torch import load_file
 
+    try:  # the whole folder is checked here: its config, its classes, and that the weights fit the model
+        model_config = folder_config(folder)
+        weights = load_pretrained(folder).state_dict()
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise CLIInputError(f"--ckpt_path {folder}: {one_line(err)}") from err
     with tempfile.TemporaryDirectory(prefix="lightning-ae-") as tmp:
         config, ckpt = Path(tmp) / "model.json", Path(tmp) / "model.ckpt"
-        config.write_text(json.dumps(folder_config(folder)))
-        state = {"state_dict": load_file(str(Path(folder) / WEIGHTS_NAME)), "pytorch-lightning_version":
-                 lightning.__version__}
+        config.write_text(json.dumps(model_config))
+        state = {"state_dict": weights, "pytorch-lightning_version": lightning.__version__}
         torch.save(state, ckpt)
         args[index:value_at + 1] = ["--ckpt_path", str(ckpt)]
         yield [*args, "--model", str(config)]
@@ -161,15 +214,15 @@ def main(args: ArgsType = None) -> None:
     if argv[:1] == ["export"]:
         from lightning_ae.export import export_main
 
-        return export_main(argv[1:])
+        return export_main(argv[1:], debug)
     try:
         check_class_arguments(argv)
         with resolve_model_source(argv) as resolved:
             run_from(resolved, from_argv)
-    except CLIInputError as err:
+    except (InputError, FloatingPointError) as err:  # bad input (data, paths, values) or a diverged loss
         if debug:
             raise
-        print(f"lightning-ae: error: {err}", file=sys.stderr)
+        print(f"lightning-ae: error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     return None
 

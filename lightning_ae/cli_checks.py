@@ -8,6 +8,7 @@ the traceback instead).
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import pickle
 import re
@@ -21,12 +22,13 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 
 import lightning_ae
+from lightning_ae.errors import InputError
 
 CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
 """``--ckpt_path`` values that Lightning resolves itself."""
 
 
-class CLIInputError(Exception):
+class CLIInputError(InputError):
     """Bad command-line input; the message is the one line the user sees."""
 
 
@@ -125,11 +127,27 @@ def instantiation_error(error: BaseException) -> CLIInputError | None:
     """One line for a ``ValueError``/``TypeError``/``FileNotFoundError`` raised while building the config's
     classes (jsonargparse wraps it), naming the class whose ``__init__`` refused its arguments; else ``None``."""
     root = _root_cause(error)
-    if not isinstance(root, (ValueError, TypeError, FileNotFoundError)):
+    if _union_error(str(root)) is not None or not isinstance(root, (ValueError, TypeError, FileNotFoundError,
+                                                                    InputError)):
+        for candidate in (root, error):  # jsonargparse reports an optional class argument's error as text only
+            if (union := _union_error(str(candidate))) is not None:
+                found = re.search(r"class_path='(?:[\w.]+\.)?(\w+)'", str(candidate))
+                return CLIInputError(f"{found.group(1)}: {union}" if found else union)
         return None
     owner = _init_owner(root.__traceback__)
     message = " ".join(str(root).split())
     return CLIInputError(f"{owner}: {message}" if owner else message)
+
+
+def _union_error(message: str) -> str | None:
+    """The first real error of jsonargparse's "Does not validate against any of the Union subtypes" message (it
+    lists one error per subtype as text, not as a cause: the one of the class that was being built comes first,
+    ``Expected a <class 'NoneType'>`` for an optional argument after it)."""
+    if "Does not validate against any of the Union subtypes" not in message:
+        return None
+    errors = [line.strip()[2:] for line in message.splitlines() if line.strip().startswith("- ")]
+    real = [e for e in errors if not e.startswith("Expected a <class 'NoneType'>")]
+    return " ".join(real[0].split()) if real else None
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -148,3 +166,33 @@ def _init_owner(tb: TracebackType | None) -> str | None:
             return type(frame.f_locals["self"]).__name__
         tb = tb.tb_next
     return None
+
+
+# ---- data hooks ------------------------------------------------------------------------------------------------
+DATA_INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+"""Errors of a datamodule's ``prepare_data`` / ``setup`` that come from its input (paths, files, values)."""
+
+
+def guard_data_hooks(datamodule: LightningDataModule) -> None:
+    """Makes the ``prepare_data`` and ``setup`` of ``datamodule`` raise :class:`CLIInputError` (one line naming the
+    datamodule) for a missing path, a bad file or a value they refuse; an :class:`InputError` (download, dataset
+    file, image decode) passes through as it is. Wrapped with ``functools.wraps``: Lightning still sees the hooks
+    as overridden."""
+    for name in ("prepare_data", "setup"):
+        hook = getattr(datamodule, name)
+
+        @functools.wraps(hook)
+        def guarded(*args: Any, _hook: Any = hook, **kwargs: Any) -> Any:
+            try:
+                return _hook(*args, **kwargs)
+            except InputError:
+                raise
+            except DATA_INPUT_ERRORS as err:
+                raise CLIInputError(f"{type(datamodule).__name__}: {' '.join(str(err).split())}") from err
+
+        setattr(datamodule, name, guarded)
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line."""
+    return " ".join(str(error).split()) or type(error).__name__

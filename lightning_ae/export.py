@@ -1,12 +1,15 @@
-"""Export a trained model's encoder and decoder as two graphs, ONNX or TorchScript, with a JSON sidecar.
+"""Export a trained model's graphs, ONNX or TorchScript, with a JSON sidecar.
 
-Per variant (chosen by the methods the model exposes, not by its class):
+Each model declares the graphs it exports (``model.export_graphs()``, a list of :class:`~lightning_ae.graphs.Graph`):
 
-* a VQ-VAE (``encode_indices`` / ``decode_indices``): ``encoder`` images -> code indices (int64), ``decoder``
-  code indices -> images;
-* a VAE (``posterior``): ``encoder`` images -> ``mean`` and ``logvar`` of ``q(z|x)``, ``decoder`` z -> images;
+* a VQ-VAE (every quantizer): ``encoder`` images -> code indices (int64; ``(B, Q, h, w)`` for residual VQ),
+  ``decoder`` code indices -> images;
+* a VAE: ``encoder`` images -> ``mean`` and ``logvar`` of ``q(z|x)``, ``decoder`` z -> images; the conditional VAE
+  takes ``labels`` (int64 class indices) as a second input of both;
 * every other autoencoder: ``encoder`` images -> codes (``model.encode``: sparse codes for a sparse
-  autoencoder), ``decoder`` codes -> images.
+  autoencoder), ``decoder`` codes -> images;
+* the PixelCNN prior: ``prior`` code indices -> logits of each code given the ones before it (one step of
+  sampling runs it once per position), and its VQ-VAE's ``decoder`` code indices -> images.
 
 Decoder outputs are images in the model's ``pixel_range`` (``output_to_image``: sigmoid of Bernoulli logits,
 the mean of a Gaussian). The batch dimension is dynamic. ``export.json`` beside the graphs names every input
@@ -14,7 +17,8 @@ and output with its shape (``"batch"`` for the dynamic one), dtype, the pixel ra
 
 Every export is verified before it is kept: the written graphs are run (onnxruntime / ``torch.jit.load``) on a
 batch of another size than the one traced and compared with the PyTorch model (max abs difference <= ``atol``;
-integer outputs must be equal). Files are written under temporary names and renamed.
+integer outputs must be equal). The whole set is written into a temporary folder and moved into place only when
+every graph passed, so a refused export leaves a previous one untouched.
 
     lightning-ae export --ckpt_path model.ckpt --format onnx --out exported/
 """
@@ -24,15 +28,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from lightning_ae.graphs import Graph
 
 Format = Literal["onnx", "torchscript"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
@@ -45,103 +52,22 @@ class ExportError(RuntimeError):
     """A model, or one of its networks, that cannot be exported or whose export does not match the model."""
 
 
-@dataclass
-class Graph:
-    """One exported graph: ``forward`` maps ``example`` (a batch of ``TRACE_BATCH``) to ``output_names``.
-
-    Attributes:
-        name: ``encoder`` or ``decoder``; the file is ``<name>.onnx`` / ``<name>.pt``.
-        module: the module to trace.
-        example: an example input; ``make_input(n)`` gives one of batch ``n``.
-        input_name: name of the input.
-        output_names: names of the outputs (one or several tensors).
-    """
-
-    name: str
-    module: nn.Module
-    make_input: Callable[[int], torch.Tensor]
-    input_name: str
-    output_names: tuple[str, ...]
-
-
-class _Function(nn.Module):
-    """Wraps a function of ``owner`` (e.g. ``model.encode_indices``) as a module to trace; the children of
-    ``owner`` are held as submodules so that its parameters and buffers are in the graph (the LightningModule itself
-    is not: tracing reads its attributes, and some of them need a Trainer)."""
-
-    def __init__(self, owner: nn.Module, function: Callable[[torch.Tensor], Any]) -> None:
-        super().__init__()
-        self.parts = nn.ModuleList(owner.children())
-        self.function = function
-
-    def forward(self, x: torch.Tensor) -> Any:
-        return self.function(x)
-
-
-def _random_images(model: nn.Module) -> Callable[[int], torch.Tensor]:
-    low, high = model.pixel_range
-    return lambda n: torch.rand(n, *model.image_shape, device=model.device) * (high - low) + low
-
-
-def _latent_shape(model: nn.Module, encode: Callable[[torch.Tensor], torch.Tensor]) -> tuple[int, ...]:
-    with torch.no_grad():
-        return tuple(encode(_random_images(model)(1)).shape[1:])
-
-
-def _vae_encoder(model: nn.Module) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    def encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q = model.posterior(x)
-        return q.mean, q.logvar
-
-    return encode
-
-
-def _codes_graphs(model: nn.Module) -> list[Graph]:
-    """Encoder images -> codes (or the VAE's mean and log-variance) and decoder codes -> images."""
-    vae = hasattr(model, "posterior")
-    encode = _vae_encoder(model) if vae else model.encode
-    shape = _latent_shape(model, model.encode)
-
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        return model.output_to_image(model.decode(z))
-
-    return [
-        Graph("encoder", _Function(model, encode), _random_images(model), "images",
-              ("mean", "logvar") if vae else ("codes",)),
-        Graph("decoder", _Function(model, decode), lambda n: torch.randn(n, *shape, device=model.device), "codes",
-              ("images",)),
-    ]
-
-
-def _indices_graphs(model: nn.Module) -> list[Graph]:
-    """VQ-VAE: encoder images -> code indices, decoder code indices -> images."""
-    encode = model.encode_indices
-    grid = _latent_shape(model, encode)
-    num_codes = model.quantizer.num_codes
-
-    def indices(n: int) -> torch.Tensor:
-        return torch.randint(num_codes, (n, *grid), device=model.device)
-
-    return [
-        Graph("encoder", _Function(model, encode), _random_images(model), "images", ("indices",)),
-        Graph("decoder", _Function(model, model.decode_indices), indices, "indices", ("images",)),
-    ]
-
-
 def export_graphs(model: nn.Module) -> list[Graph]:
-    """The encoder and decoder graphs of ``model`` (see the module docstring for what each variant exports).
+    """The graphs ``model`` declares with its ``export_graphs()`` method (see the module docstring).
 
     Raises:
-        ExportError: for a model that is not an autoencoder (e.g. :class:`PixelCNNPrior`: export its ``vqvae``).
+        ExportError: for a model that declares none, or refuses export (naming why).
     """
-    if hasattr(model, "vqvae") and not hasattr(model, "encode"):
-        raise ExportError(f"{type(model).__name__} samples autoregressively and is not exported; export its "
-                          "VQ-VAE (model.vqvae) and sample code grids in Python")
-    missing = [m for m in ("encode", "decode", "output_to_image", "image_shape", "pixel_range")
-               if not hasattr(model, m)]
+    declare = getattr(model, "export_graphs", None)
+    if declare is None:
+        raise ExportError(f"{type(model).__name__} is not a model of lightning_ae: it declares no export_graphs()")
+    missing = [m for m in ("image_shape", "pixel_range") if not hasattr(model, m)]
     if missing:
-        raise ExportError(f"{type(model).__name__} is not an autoencoder of lightning_ae: it lacks {missing}")
-    return _indices_graphs(model) if hasattr(model, "decode_indices") else _codes_graphs(model)
+        raise ExportError(f"{type(model).__name__} lacks {missing}, which export.json records")
+    try:
+        return declare()
+    except (NotImplementedError, ValueError) as err:
+        raise ExportError(f"{type(model).__name__} is not exported: {err}") from None
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------
@@ -169,53 +95,52 @@ def _export_error(graph: Graph, model: nn.Module, fmt: str, err: Exception) -> E
 
 
 def _write_onnx(graph: Graph, path: Path, opset: int) -> None:
-    names = [graph.input_name, *graph.output_names]
+    names = [*graph.input_names, *graph.output_names]
     torch.onnx.export(
-        graph.module, (graph.make_input(TRACE_BATCH),), str(path), dynamo=False, opset_version=opset,
-        input_names=[graph.input_name], output_names=list(graph.output_names),
+        graph.module, graph.make_inputs(TRACE_BATCH), str(path), dynamo=False, opset_version=opset,
+        input_names=list(graph.input_names), output_names=list(graph.output_names),
         dynamic_axes={name: {0: "batch"} for name in names},
     )
 
 
 def _write_torchscript(graph: Graph, path: Path) -> None:
-    traced = torch.jit.trace(graph.module, (graph.make_input(TRACE_BATCH),), check_trace=False)
+    traced = torch.jit.trace(graph.module, graph.make_inputs(TRACE_BATCH), check_trace=False)
     torch.jit.save(traced, str(path))
 
 
 @contextmanager
 def _quiet_deprecations() -> Iterator[None]:
-    """Silences torch's deprecation notices of ``torch.jit`` and the TorchScript-based ONNX exporter: they are the
-    paths that export these models offline (the dynamo exporter needs onnxscript), and every export is verified."""
+    """Silences torch's deprecation notices of ``torch.jit`` and the TorchScript-based ONNX exporter, and the
+    tracer's warnings: they are the paths that export these models offline (the dynamo exporter needs onnxscript),
+    and every export is verified on another batch size than the one traced."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.(jit|onnx)")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         yield
 
 
 def _write_graph(graph: Graph, model: nn.Module, fmt: str, path: Path, opset: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
         with _quiet_deprecations():
             if fmt == "onnx":
-                _write_onnx(graph, tmp, opset)
+                _write_onnx(graph, path, opset)
             else:
-                _write_torchscript(graph, tmp)
+                _write_torchscript(graph, path)
     except Exception as err:  # the exporters raise many types; one line naming the operation replaces them
-        tmp.unlink(missing_ok=True)
         raise _export_error(graph, model, fmt, err) from None
-    os.replace(tmp, path)
 
 
 # ---- running and verifying ---------------------------------------------------------------------------------------
-def run_exported(path: str | Path, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Runs an exported graph (``.onnx`` with onnxruntime, ``.pt`` with ``torch.jit.load``) on ``x``."""
+def run_exported(path: str | Path, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Runs an exported graph (``.onnx`` with onnxruntime, ``.pt`` with ``torch.jit.load``) on ``inputs``."""
     path = Path(path)
     if path.suffix == ".onnx":
         session = _require_onnx().InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: x.detach().cpu().numpy()}
+        feed = {spec.name: x.detach().cpu().numpy() for spec, x in zip(session.get_inputs(), inputs, strict=True)}
         return tuple(torch.from_numpy(out) for out in session.run(None, feed))
     with _quiet_deprecations(), torch.no_grad():
-        module = torch.jit.load(str(path), map_location=x.device)
-        return _as_tuple(module(x))
+        module = torch.jit.load(str(path), map_location=inputs[0].device)
+        return _as_tuple(module(*inputs))
 
 
 def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
@@ -242,11 +167,11 @@ def verify_graph(graph: Graph, path: Path, atol: float = 1e-4) -> None:
     Raises:
         ExportError: when an output's shape, dtype or values (beyond ``atol``) differ.
     """
-    x = graph.make_input(VERIFY_BATCH)
+    inputs = graph.make_inputs(VERIFY_BATCH)
     with torch.no_grad():
-        expected = _as_tuple(graph.module(x))
+        expected = _as_tuple(graph.module(*inputs))
     try:
-        actual = run_exported(path, x)
+        actual = run_exported(path, *inputs)
     except Exception as err:  # onnxruntime / TorchScript refuse the graph: one line instead of their stack
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"the exported {graph.name} ({path.name}) does not run: {message}") from None
@@ -259,12 +184,12 @@ def _tensor_spec(name: str, tensor: torch.Tensor) -> dict[str, Any]:
 
 
 def _graph_spec(graph: Graph, fmt: str) -> dict[str, Any]:
-    x = graph.make_input(1)
+    inputs = graph.make_inputs(1)
     with torch.no_grad():
-        outputs = _as_tuple(graph.module(x))
+        outputs = _as_tuple(graph.module(*inputs))
     return {
         "file": graph.name + SUFFIX[fmt],
-        "inputs": [_tensor_spec(graph.input_name, x)],
+        "inputs": [_tensor_spec(n, t) for n, t in zip(graph.input_names, inputs, strict=True)],
         "outputs": [_tensor_spec(n, t) for n, t in zip(graph.output_names, outputs, strict=True)],
     }
 
@@ -283,10 +208,28 @@ def sidecar(model: nn.Module, graphs: Sequence[Graph], fmt: str) -> dict[str, An
     }
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+def _write_set(model: nn.Module, graphs: Sequence[Graph], fmt: str, folder: Path, verify: bool, atol: float,
+               opset: int) -> None:
+    """Writes (and verifies) every graph and ``export.json`` into ``folder``."""
+    for graph in graphs:
+        path = folder / (graph.name + SUFFIX[fmt])
+        _write_graph(graph, model, fmt, path, opset)
+        if verify:
+            verify_graph(graph, path, atol)
+    (folder / SIDECAR).write_text(json.dumps(sidecar(model, graphs, fmt), indent=2) + "\n")
+
+
+def _move_into_place(staged: Path, out: Path) -> None:
+    """Moves the verified files of ``staged`` into ``out``: the folder itself when ``out`` does not exist, else
+    file by file (each an atomic rename), ``export.json`` last, so a reader never sees a sidecar that does not
+    describe the graphs beside it."""
+    if not out.exists():
+        os.replace(staged, out)
+        return
+    files = sorted(staged.iterdir(), key=lambda p: p.name == SIDECAR)
+    for file in files:
+        os.replace(file, out / file.name)
+    staged.rmdir()
 
 
 # ---- the entry point -----------------------------------------------------------------------------------------------
@@ -294,11 +237,14 @@ def export_model(
     model: nn.Module, out: str | Path, format: Format = "onnx", verify: bool = True, atol: float = 1e-4,
     opset: int = 17,
 ) -> Path:
-    """Exports ``model``'s encoder and decoder to ``out`` as ``encoder.onnx``/``decoder.onnx`` (or ``.pt``) and
-    ``export.json``.
+    """Exports the graphs ``model`` declares (``model.export_graphs()``) to ``out`` as ``<graph>.onnx`` (or
+    ``.pt``) and ``export.json``.
+
+    Everything is written into a temporary folder beside ``out`` and verified there; only a complete, verified set
+    is moved into ``out``. A refused export leaves ``out`` (and a previous export in it) as it was.
 
     Args:
-        model: a lightning_ae autoencoder (any variant); exported in fp32 eval mode on its device, its mode
+        model: a lightning_ae model (any variant, or the prior); exported in fp32 eval mode on its device, its mode
             restored afterwards.
         out: output folder (created).
         format: ``onnx`` (legacy TorchScript-based exporter, dynamic batch axis) or ``torchscript``
@@ -320,22 +266,19 @@ def export_model(
     if format == "onnx":
         _require_onnx()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
     training = model.training
     model.eval()
+    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        graphs = export_graphs(model)
-        for graph in graphs:
-            path = out / (graph.name + SUFFIX[format])
-            _write_graph(graph, model, format, path, opset)
-            if verify:
-                verify_graph(graph, path, atol)
-        meta = sidecar(model, graphs, format)
+        _write_set(model, export_graphs(model), format, staged, verify, atol, opset)
+        _move_into_place(staged, out)
     finally:
         model.train(training)
-    path = out / SIDECAR
-    _write_json(path, meta)
-    return path
+        shutil.rmtree(staged, ignore_errors=True)
+    return out / SIDECAR
 
 
 # ---- the command line --------------------------------------------------------------------------------------------
@@ -362,14 +305,23 @@ def export_command(
     return path
 
 
-def export_main(args: Sequence[str]) -> None:
-    """Parses ``lightning-ae export`` arguments and runs :func:`export_command`; an error is one line, exit 1."""
+def export_main(args: Sequence[str], debug: bool = False) -> None:
+    """Parses ``lightning-ae export`` arguments and runs :func:`export_command`; bad input (a missing or refused
+    checkpoint or folder, a model that cannot be exported) is one line on stderr and exit status 2 (``debug``: the
+    traceback instead)."""
+    import sys
+
     from jsonargparse import ArgumentParser
+
+    from lightning_ae.errors import InputError
 
     parser = ArgumentParser(prog="lightning-ae export", description=export_command.__doc__)
     parser.add_function_arguments(export_command, as_group=False)
     cfg = parser.parse_args(list(args))
     try:
         export_command(**cfg.as_dict())
-    except (ExportError, ImportError, ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"lightning-ae export: error: {err}") from None
+    except (ExportError, InputError, ImportError, ValueError, FileNotFoundError) as err:
+        if debug:
+            raise
+        print(f"lightning-ae export: error: {' '.join(str(err).split())}", file=sys.stderr)
+        raise SystemExit(2) from None

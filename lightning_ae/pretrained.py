@@ -11,8 +11,10 @@ safely: every ``class_path`` must name a class of ``lightning_ae``, ``torch.nn``
 folder itself wherever it takes a checkpoint for inference (``--ckpt_path my-vae``).
 
 Constructor arguments are taken from the model's ``hparams``: a model built by ``lightning-ae fit`` (or loaded
-from its checkpoint or a folder) holds every network as its ``class_path`` config; a network passed to the
-constructor as a Python object cannot be described without code and is an error that says so.
+from its checkpoint or a folder) holds every network as its ``class_path`` config, and a network or quantizer of
+``lightning_ae`` passed to the constructor as a Python object is described by the arguments it was built with
+(:mod:`lightning_ae.configurable`). Only a module of a class outside ``lightning_ae`` cannot be described without
+code; saving it is an error naming the class.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import importlib.util
 import inspect
 import json
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -31,6 +34,8 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import instantiate_module
 from torch import nn
+
+from lightning_ae.configurable import is_library_part, part_config
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -55,11 +60,13 @@ def config_value(value: Any, name: str) -> Any:
         ValueError: for an ``nn.Module`` given as a Python object, or another value JSON cannot hold.
     """
     if isinstance(value, nn.Module):
-        raise ValueError(
-            f"{name} is a {type(value).__name__} given as a Python object, which a config cannot describe without "
-            f"code: give it as class_path/init_args (YAML config or lightning-ae fit), or build the model with "
-            f"lightning_ae.pretrained.from_config({{'class_path': ..., 'init_args': {{'{name}': "
-            "{'class_path': ..., 'init_args': ...}}}})")
+        if not is_library_part(value):
+            cls = type(value)
+            raise ValueError(
+                f"{name} is a {cls.__module__}.{cls.__qualname__}, a class outside lightning_ae that a model folder "
+                "cannot describe without code: use lightning_ae's networks and quantizers, or save the weights "
+                "yourself (torch.save(model.state_dict()))")
+        return part_config(value)
     if isinstance(value, type):
         return {"class_path": class_path_of(value)}
     if isinstance(value, functools.partial) and isinstance(value.func, type) and not value.args:
@@ -79,6 +86,20 @@ def model_config(model: LightningModule) -> dict[str, Any]:
     class_path = hparams.pop("_class_path", None) or class_path_of(type(model))
     hparams.pop("_instantiator", None)
     return {"class_path": class_path, "init_args": config_value(hparams, "init_args")}
+
+
+def describe_parts(model: LightningModule) -> None:
+    """Replaces the networks and quantizers of ``lightning_ae`` given to ``model``'s constructor as Python objects
+    by their configs in ``model.hparams`` (with Lightning's CLI instantiator, which rebuilds them): its checkpoints
+    then hold plain values only, load with ``weights_only=True``, and ``load_from_checkpoint`` rebuilds the parts.
+    Left as they are when a module of another class is among them (such a model's checkpoint pickles it)."""
+    modules = {k: v for k, v in model.hparams.items() if isinstance(v, nn.Module)}
+    if not modules or not all(is_library_part(v) for v in modules.values()):
+        return
+    for name, module in modules.items():
+        model.hparams[name] = part_config(module)
+    model.hparams.setdefault("_class_path", class_path_of(type(model)))
+    model.hparams["_instantiator"] = INSTANTIATOR
 
 
 # ---- config -> model (checked first) -------------------------------------------------------------------------
@@ -217,11 +238,32 @@ def folder_config(folder: str | Path, base: type = LightningModule) -> dict[str,
         ValueError: for a config naming a class outside the allowed packages, or not a ``base``.
     """
     folder = Path(folder)
-    config = json.loads((folder / CONFIG_NAME).read_text())
-    check_config(config)
+    config = read_config(folder / CONFIG_NAME)
+    check_config(config, str(folder / CONFIG_NAME))
     cls = resolve_class(config.get("class_path", ""), base)
     for arg, attribute in getattr(cls, "pretrained_submodels", {}).items():
-        config["init_args"][arg] = str((folder / attribute).resolve())
+        sub = folder / attribute
+        if not is_model_folder(sub):  # a plain file here would be read as a checkpoint: refused, whatever it is
+            raise ValueError(f"{sub} must be a model folder ({CONFIG_NAME} + {WEIGHTS_NAME}) holding the "
+                             f"{attribute} of {folder}; it is {'a file' if sub.exists() else 'missing'}")
+        config["init_args"][arg] = str(sub.resolve())
+    return config
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The JSON object of a model folder's ``config.json``.
+
+    Raises:
+        FileNotFoundError: for a missing file. ValueError: for broken JSON or another JSON value, naming the path.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: not a model folder")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("init_args", {}), dict):
+        raise ValueError(f"{path} must hold {{'class_path': ..., 'init_args': {{...}}}}")
     return config
 
 
@@ -242,8 +284,25 @@ def load_pretrained(
     """
     folder = local_folder(source, revision)
     model = from_config(folder_config(folder, base), base)
-    _require("safetensors.torch").load_model(model, str(folder / WEIGHTS_NAME), strict=True)
+    load_weights(model, folder / WEIGHTS_NAME)
     return model.to(map_location or "cpu").eval()
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Loads ``model.safetensors`` into ``model`` (strict).
+
+    Raises:
+        ValueError: naming the file, when it is corrupt or its tensors do not fit the model its ``config.json``
+            describes (an edited config: missing, unexpected or differently shaped weights).
+    """
+    try:
+        _require("safetensors.torch").load_model(model, str(path), strict=True)
+    except RuntimeError as err:  # safetensors' and load_state_dict's errors: keep the first line, no traceback
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = " ".join(lines[:2])[:300]
+        raise ValueError(f"{path} does not match the model its config.json describes: {detail}") from None
+    except Exception as err:  # safetensors raises its own SafetensorError for a truncated or corrupt file
+        raise ValueError(f"{path} is not a readable safetensors file ({err})") from None
 
 
 class PretrainedMixin:
@@ -288,6 +347,29 @@ def is_model_folder(path: str | Path) -> bool:
     return (Path(path) / CONFIG_NAME).is_file()
 
 
+def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """A Lightning checkpoint file read safely: ``torch.load(weights_only=True)`` (plain tensors and containers,
+    and the allow-listed torch optimizer classes; a pickle that would import anything else is refused before any of
+    it runs).
+
+    Raises:
+        ValueError: naming ``what`` and the path, for a file that is not a checkpoint, is corrupt, holds an object
+            safe loading refuses, or has no ``state_dict``.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        refused = f"global {found.group(1)}" if found else "content outside the allowed types"
+        raise ValueError(f"{what} {path} holds an object that safe loading refuses ({refused}): it was not written "
+                         "by lightning-ae, and is not loaded") from None
+    except (RuntimeError, OSError, EOFError) as err:
+        raise ValueError(f"{what} {path} is not a readable checkpoint ({str(err).splitlines()[0]})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{what} {path} is not a Lightning checkpoint (it holds no state_dict)")
+    return checkpoint
+
+
 def load_model(source: str | Path, model_class: str | None = None) -> LightningModule:
     """The model of a model folder or a Lightning checkpoint, on the CPU, in eval mode.
 
@@ -304,10 +386,10 @@ def load_model(source: str | Path, model_class: str | None = None) -> LightningM
     if not path.is_file():
         raise FileNotFoundError(f"{source} is neither a checkpoint file nor a model folder ({CONFIG_NAME} + "
                                 f"{WEIGHTS_NAME})")
-    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    hparams = read_checkpoint(path).get("hyper_parameters") or {}
     class_path = hparams.get("_class_path") or model_class
     if class_path is None:
         raise ValueError(f"{source} names no model class (it was not written by lightning-ae fit): give one, "
                          "e.g. --model VAE")
     class_path = class_path if "." in class_path else f"lightning_ae.{class_path}"
-    return resolve_class(class_path).load_from_checkpoint(path, map_location="cpu").eval()
+    return resolve_class(class_path).load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()

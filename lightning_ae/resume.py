@@ -11,11 +11,18 @@ bit-identical weights on a deterministic device.
 The states are restored when the checkpoint is loaded; nothing the Trainer does between that and the first
 training batch draws from these generators (the sanity check runs under Lightning's ``isolate_rng`` and the
 training loader has its own generator).
+
+Under DDP every rank has its own streams (its own corruption noise, reparameterization samples...): the checkpoint
+holds the states of every rank (gathered when it is saved, which Lightning does on every rank), and each rank sets
+back its own, the accelerator's state being that of the rank's current device. A run resumed on another number of
+ranks cannot continue the streams: it warns, and every rank re-seeds its generators from rank 0's stream and its
+rank (different on every rank, repeatable).
 """
 
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any
 
 import numpy as np
@@ -28,24 +35,68 @@ RNG_KEY = "lightning_ae_rng_states"
 
 
 def rng_states() -> dict[str, Any]:
-    """The states of the global generators: torch CPU, every CUDA device (if initialised), numpy, Python."""
+    """The states of this process's global generators: torch CPU, the current CUDA device (if initialised), numpy,
+    Python."""
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": _numpy_state(),
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+        states["cuda"] = torch.cuda.get_rng_state()
     return states
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
-    """Sets the global generators to ``states`` (from :func:`rng_states`)."""
+    """Sets this process's global generators to ``states`` (from :func:`rng_states`)."""
     torch.set_rng_state(states["torch"])
     _set_numpy_state(states["numpy"])
     random.setstate(_as_python_state(states["python"]))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    cuda = states.get("cuda")
+    if isinstance(cuda, torch.Tensor) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
+
+
+def _distributed() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised default process group, else ``(0, 1)``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def all_rank_states() -> dict[str, Any]:
+    """``{"world_size": W, "ranks": [states of rank 0, ..., W - 1]}``: a collective under DDP (every rank calls
+    it, as every rank saves a checkpoint)."""
+    world_size = _distributed()[1]
+    states = rng_states()
+    if world_size == 1:
+        return {"world_size": 1, "ranks": [states]}
+    gathered: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, {k: _to_cpu(v) for k, v in states.items()})
+    return {"world_size": world_size, "ranks": gathered}
+
+
+def _to_cpu(value: Any) -> Any:
+    return value.cpu() if isinstance(value, torch.Tensor) else value
+
+
+def restore_rank_states(saved: dict[str, Any], rank: int, world_size: int) -> None:
+    """Sets this rank's generators from ``saved`` (:func:`all_rank_states`, or the single states dict of older
+    checkpoints): its own states when the world size is the saved one, else a warning and a per-rank re-seed."""
+    if "ranks" not in saved:  # written before per-rank states: rank 0's only
+        saved = {"world_size": 1, "ranks": [saved]}
+    if saved["world_size"] == world_size:
+        set_rng_states(saved["ranks"][rank])
+        return
+    warnings.warn(f"the checkpoint holds the random streams of {saved['world_size']} rank(s) and this run has "
+                  f"{world_size}: the streams cannot continue, so every rank re-seeds its generators from rank 0's "
+                  "stream and its rank (the run is repeatable, but not identical to an uninterrupted one)",
+                  stacklevel=2)
+    set_rng_states(saved["ranks"][0])
+    seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) + rank  # the same base on every rank, then its own
+    torch.manual_seed(seed)  # every device
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def _numpy_state() -> dict[str, Any]:
@@ -67,8 +118,9 @@ def _as_python_state(state: Any) -> tuple[Any, ...]:
 
 
 def save_rng_states(checkpoint: dict[str, Any]) -> None:
-    """Stores the generator states in ``checkpoint`` (call from ``on_save_checkpoint``)."""
-    checkpoint[RNG_KEY] = rng_states()
+    """Stores the generator states of every rank in ``checkpoint`` (call from ``on_save_checkpoint``, which
+    Lightning runs on every rank)."""
+    checkpoint[RNG_KEY] = all_rank_states()
 
 
 def restore_rng_states(module: LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -80,7 +132,7 @@ def restore_rng_states(module: LightningModule, checkpoint: dict[str, Any]) -> N
     states = checkpoint.get(RNG_KEY)
     if states is None or not _resumes_fitting(module):
         return
-    set_rng_states(states)
+    restore_rank_states(states, *_distributed())
 
 
 def _resumes_fitting(module: LightningModule) -> bool:

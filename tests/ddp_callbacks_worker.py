@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 
 import lightning_ae.callbacks.logging as image_logging
-from lightning_ae import VAE, VQVAE, FakeImageDataModule
+from lightning_ae import VAE, VQVAE, FakeImageDataModule, VectorQuantizer
 from lightning_ae.callbacks import (
     CodebookUsageMonitor,
     LatentInterpolation,
@@ -42,7 +42,8 @@ def main(out_dir: str) -> None:
             model = VAE(latent_dim=4, image_shape=SHAPE, num_classes=4)
             callbacks.append(SampleGrid(num_samples=8))
         else:
-            model = VQVAE(latent_dim=8, num_codes=16, hidden_channels=16, res_channels=8, num_res_blocks=1,
+            model = VQVAE(latent_dim=8, quantizer=VectorQuantizer(16, code_dim=8), hidden_channels=16, res_channels=8,
+                          num_res_blocks=1,
                           image_shape=SHAPE, num_classes=4)
             callbacks.append(codebook := CodebookUsageMonitor(min_used_fraction=0.0))
         data = FakeImageDataModule(image_shape=SHAPE, num_classes=4, num_train=97, val_size=33, batch_size=16)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from lightning_ae import VQVAE, FakeImageDataModule, ResidualVQ
+from lightning_ae import VQVAE, FakeImageDataModule, ResidualVQ, VectorQuantizer
 
 
 def main(out: Path, kind: str) -> None:
@@ -21,7 +21,7 @@ def main(out: Path, kind: str) -> None:
         model = VQVAE(quantizer=ResidualVQ(num_quantizers=3, num_codes=32, code_dim=8, kmeans_init=True,
                                            restart_threshold=1.0, quantizer_dropout=True), **common)
     else:
-        model = VQVAE(num_codes=32, kmeans_init=True, restart_threshold=1.0, **common)
+        model = VQVAE(quantizer=VectorQuantizer(32, code_dim=8, kmeans_init=True, restart_threshold=1.0), **common)
     data = FakeImageDataModule(image_shape=(1, 16, 16), num_train=128, val_size=40, batch_size=8)
     trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=6, num_sanity_val_steps=0, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)

@@ -26,6 +26,7 @@ from lightning_ae import (
     FakeImageDataModule,
     PixelCNNPrior,
     SparseAutoencoder,
+    VectorQuantizer,
 )
 from lightning_ae.callbacks import (
     CodebookUsageMonitor,
@@ -44,14 +45,21 @@ from lightning_ae.quantizers import perplexity_of_counts
 
 SHAPE = (1, 16, 16)  # images of the tests; cells of a grid are 16 + 2 pixels apart
 COMMON = {"image_shape": SHAPE, "num_classes": 4}
-VQ_ARGS = {"latent_dim": 8, "num_codes": 16, "hidden_channels": 16, "res_channels": 8, "num_res_blocks": 1}
+NUM_CODES = 16
+VQ_ARGS = {"latent_dim": 8, "hidden_channels": 16, "res_channels": 8, "num_res_blocks": 1}
+
+
+def vqvae() -> VQVAE:
+    return VQVAE(quantizer=VectorQuantizer(NUM_CODES, code_dim=8), **VQ_ARGS, **COMMON)
+
+
 AUTOENCODERS: dict[str, Callable[[], LightningModule]] = {
     "Autoencoder": lambda: Autoencoder(latent_dim=8, **COMMON),
     "DenoisingAutoencoder": lambda: DenoisingAutoencoder(latent_dim=8, **COMMON),
     "SparseAutoencoder": lambda: SparseAutoencoder(latent_dim=8, **COMMON),
     "ContractiveAutoencoder": lambda: ContractiveAutoencoder(latent_dim=8, **COMMON),
     "VAE": lambda: VAE(latent_dim=8, **COMMON),
-    "VQVAE": lambda: VQVAE(**VQ_ARGS, **COMMON),
+    "VQVAE": lambda: vqvae(),
 }
 VARIANTS = [*AUTOENCODERS, "PixelCNNPrior"]
 FIGURE = (600, 700)  # LatentSpaceVisualizer figure: 7 x 6 inches at 100 dpi
@@ -104,7 +112,7 @@ def vqvae_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A VQ-VAE checkpoint for the prior, trained for a few steps so that it decodes to more than one colour."""
     root = tmp_path_factory.mktemp("vqvae")
     fit = trainer(root, False, [], max_steps=30, limit_val_batches=0)
-    fit.fit(VQVAE(**VQ_ARGS, **COMMON), datamodule=datamodule())
+    fit.fit(vqvae(), datamodule=datamodule())
     path = root / "vqvae.ckpt"
     fit.save_checkpoint(path)
     return path
@@ -284,7 +292,7 @@ def test_every_callback_every_variant_every_logger(
         data.setup("validate")
         with torch.no_grad():
             indices = model.encode_indices(data.transform(data.val_set.images, training=False))
-        counts = torch.bincount(indices.flatten(), minlength=VQ_ARGS["num_codes"])
+        counts = torch.bincount(indices.flatten(), minlength=NUM_CODES)
         assert metrics["val/codebook_perplexity"] == pytest.approx(perplexity_of_counts(counts).item(), rel=1e-5)
         assert metrics["val/codebook_dead_codes"] == (counts == 0).sum().item()
 
@@ -364,7 +372,7 @@ def test_drawn_on_every_nth_epoch_and_the_last(tmp_path: Path) -> None:
 
 
 def test_codebook_monitor_counts_every_validation_code_and_warns_on_collapse(tmp_path: Path) -> None:
-    model, data = VQVAE(**VQ_ARGS, **COMMON), datamodule()
+    model, data = vqvae(), datamodule()
     collapsed = CodebookUsageMonitor(min_used_fraction=1.0)
     with pytest.warns(UserWarning, match="codebook usage collapsed"):
         trainer(tmp_path, False, [collapsed]).validate(model, datamodule=data, verbose=False)

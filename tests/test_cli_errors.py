@@ -43,7 +43,8 @@ def test_unknown_class_path_and_datamodule(capsys: pytest.CaptureFixture[str]) -
 @pytest.mark.parametrize(("args", "expected"), [
     (["--model", "VAE", "--model.beta", "-1"], "VAE: beta must be >= 0, got -1.0"),
     (["--model", "Autoencoder", "--model.latent_dim", "0"], "Autoencoder: latent_dim must be >= 1, got 0"),
-    (["--model", "VQVAE", "--model.num_codes", "0"], "VQVAE: num_codes must be >= 1, got 0"),
+    (["--model", "VQVAE", "--model.quantizer", "VectorQuantizer", "--model.quantizer.num_codes", "0"],
+     "VectorQuantizer: num_codes must be >= 1, got 0"),
 ])
 def test_value_refused_by_init_is_one_line(capsys: pytest.CaptureFixture[str], args: list[str],
                                            expected: str) -> None:

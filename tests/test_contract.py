@@ -21,6 +21,7 @@ from lightning_ae import (
     DenoisingAutoencoder,
     FakeImageDataModule,
     SparseAutoencoder,
+    VectorQuantizer,
 )
 
 VARIANTS = [
@@ -43,16 +44,18 @@ VARIANTS = [
     pytest.param(VAE, {"likelihood": "bernoulli"}, (1, 28, 28), id="vae-mlp-bernoulli"),
     pytest.param(VAE, {"network": "conv", "latent_dim": 8, "likelihood": "gaussian", "gaussian_std": None},
                  (3, 32, 32), id="vae-conv-gaussian"),
-    pytest.param(VQVAE, {"latent_dim": 8, "num_codes": 32, "hidden_channels": 16, "res_channels": 8,
-                         "kmeans_init": True, "restart_threshold": 0.5}, (1, 28, 28), id="vqvae-ema-kmeans-restart"),
-    pytest.param(VQVAE, {"latent_dim": 8, "num_codes": 32, "hidden_channels": 16, "res_channels": 8, "ema": False,
-                         "cosine": True}, (3, 32, 32), id="vqvae-learned-cosine"),
+    pytest.param(VQVAE, {"latent_dim": 8, "hidden_channels": 16, "res_channels": 8, "quantizer": lambda:
+                         VectorQuantizer(32, code_dim=8, kmeans_init=True, restart_threshold=0.5)}, (1, 28, 28),
+                 id="vqvae-ema-kmeans-restart"),
+    pytest.param(VQVAE, {"latent_dim": 8, "hidden_channels": 16, "res_channels": 8, "quantizer": lambda:
+                         VectorQuantizer(32, code_dim=8, ema=False, cosine=True)}, (3, 32, 32),
+                 id="vqvae-learned-cosine"),
 ]
 
 
 def make(cls: type[AutoencoderBase], kwargs: dict, shape: tuple[int, int, int]) -> AutoencoderBase:
     seed_everything(0)
-    return cls(image_shape=shape, **kwargs)
+    return cls(image_shape=shape, **{k: v() if callable(v) else v for k, v in kwargs.items()})
 
 
 def trainer(tmp_path: Path, **kwargs) -> Trainer:

@@ -4,6 +4,7 @@ compared with the PyTorch model, the sidecar, dynamic batch, and errors that nam
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +14,39 @@ import torch
 from torch import nn
 
 from lightning_ae import (
+    FSQ,
+    IWAE,
+    LFQ,
     VAE,
     VQVAE,
     Autoencoder,
+    ConditionalVAE,
     ContractiveAutoencoder,
     DenoisingAutoencoder,
+    PixelCNNPrior,
+    ResidualVQ,
     SparseAutoencoder,
+    VampVAE,
+    VectorQuantizer,
 )
 from lightning_ae.export import ExportError, export_model
+
+VQ = {"latent_dim": 8, "hidden_channels": 16, "res_channels": 8}
+QUANTIZERS = {
+    "vq": lambda: VectorQuantizer(16, code_dim=8),
+    "vq-rotation": lambda: VectorQuantizer(16, code_dim=8, rotation_trick=True),
+    "vq-factorized": lambda: VectorQuantizer(16, code_dim=8, codebook_dim=4, cosine=True),
+    "fsq": lambda: FSQ(levels=[4, 3, 2], code_dim=8),
+    "lfq": lambda: LFQ(num_codes=16, code_dim=8),
+    "rvq": lambda: ResidualVQ(num_quantizers=3, num_codes=16, code_dim=8, cosine=True),
+}
+
+
+def _prior() -> PixelCNNPrior:
+    folder = Path(tempfile.mkdtemp()) / "vqvae"
+    VQVAE(quantizer=QUANTIZERS["vq"](), **VQ).save_pretrained(folder)
+    return PixelCNNPrior(str(folder), channels=8, num_layers=2, kernel_size=3)
+
 
 VARIANTS = {
     "ae-mlp": lambda: Autoencoder(latent_dim=4, recon_loss="bce"),
@@ -31,7 +57,11 @@ VARIANTS = {
     "cae-sigmoid": lambda: ContractiveAutoencoder(latent_dim=4, penalty="sigmoid", network="sigmoid"),
     "vae-bernoulli": lambda: VAE(latent_dim=4),
     "vae-gaussian-conv": lambda: VAE(latent_dim=4, network="conv", likelihood="gaussian", gaussian_std=None),
-    "vqvae": lambda: VQVAE(latent_dim=8, num_codes=16, hidden_channels=16, res_channels=8),
+    "iwae": lambda: IWAE(latent_dim=4),
+    "vamp": lambda: VampVAE(latent_dim=4, num_pseudo_inputs=5),
+    "cvae": lambda: ConditionalVAE(latent_dim=4, num_classes=3),
+    **{f"vqvae-{name}": (lambda q=q: VQVAE(quantizer=q(), **VQ)) for name, q in QUANTIZERS.items()},
+    "prior": _prior,
 }
 
 
@@ -40,42 +70,57 @@ def _images(model: nn.Module, n: int) -> torch.Tensor:
     return torch.rand(n, *model.image_shape) * (high - low) + low
 
 
-def _run(path: Path, x: torch.Tensor) -> list[np.ndarray]:
-    """The exported graph at ``path`` on ``x``, run outside lightning_ae (onnxruntime or torch.jit.load)."""
+def _run(path: Path, *inputs: torch.Tensor) -> list[np.ndarray]:
+    """The exported graph at ``path`` on ``inputs``, run outside lightning_ae (onnxruntime or torch.jit.load)."""
     if path.suffix == ".onnx":
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        return session.run(None, {s.name: x.numpy() for s, x in zip(session.get_inputs(), inputs, strict=True)})
     with torch.no_grad():
-        out = torch.jit.load(str(path))(x)
+        out = torch.jit.load(str(path))(*inputs)
     return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
-def _reference(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
-    """(encoder outputs, the decoder's input for the decoder check, decoder outputs) of the PyTorch model."""
-    with torch.no_grad():
-        if isinstance(model, VQVAE):
-            indices = model.encode_indices(x)
-            return [indices], indices, [model.decode_indices(indices)]
-        if isinstance(model, VAE):
-            q = model.posterior(x)
-            return [q.mean, q.logvar], q.mean, [model.output_to_image(model.decode(q.mean))]
-        z = model.encode(x)
-        return [z], z, [model.output_to_image(model.decode(z))]
+Reference = dict[str, tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]]
+
+
+@torch.no_grad()
+def _reference(model: nn.Module, x: torch.Tensor) -> Reference:
+    """{graph: (its inputs, the PyTorch model's outputs on them)}, computed from the model's own methods."""
+    if isinstance(model, PixelCNNPrior):
+        indices = model.vqvae.encode_indices(x)
+        return {"prior": ((indices,), [model(indices)]), "decoder": ((indices,), [model.vqvae.decode_indices(indices)])}
+    if isinstance(model, VQVAE):
+        indices = model.encode_indices(x)
+        return {"encoder": ((x,), [indices]), "decoder": ((indices,), [model.decode_indices(indices)])}
+    if isinstance(model, ConditionalVAE):
+        y = torch.tensor([2, 0, 1, 1, 0])
+        q = model.posterior(x, y)
+        return {"encoder": ((x, y), [q.mean, q.logvar]),
+                "decoder": ((q.mean, y), [model.output_to_image(model.decode(q.mean, y))])}
+    if isinstance(model, VAE):
+        q = model.posterior(x)
+        return {"encoder": ((x,), [q.mean, q.logvar]),
+                "decoder": ((q.mean,), [model.output_to_image(model.decode(q.mean))])}
+    z = model.encode(x)
+    return {"encoder": ((x,), [z]), "decoder": ((z,), [model.output_to_image(model.decode(z))])}
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_exported_graphs_match_the_model(tmp_path: Path, name: str, fmt: str) -> None:
+    """Every variant, every quantizer and the prior: each exported graph, run outside lightning_ae on a batch of
+    another size than traced, equals the model's own methods (indices exactly, floats within 1e-4)."""
     torch.manual_seed(0)
     model = VARIANTS[name]().eval()
-    sidecar = json.loads(export_model(model, tmp_path, fmt).read_text())
+    sidecar = json.loads(export_model(model, tmp_path / "out", fmt).read_text())
     suffix = ".onnx" if fmt == "onnx" else ".pt"
-    x = _images(model, 5)  # another batch size than traced: the batch axis is dynamic
-    encoded, code, decoded = _reference(model, x)
-    for part, inp, expected in (("encoder", x, encoded), ("decoder", code, decoded)):
-        outputs = _run(tmp_path / f"{part}{suffix}", inp)
+    reference = _reference(model, _images(model, 5))
+    assert set(sidecar["graphs"]) == set(reference)
+    for part, (inputs, expected) in reference.items():
+        outputs = _run(tmp_path / "out" / f"{part}{suffix}", *inputs)
         spec = sidecar["graphs"][part]
         assert spec["file"] == f"{part}{suffix}" and len(outputs) == len(expected) == len(spec["outputs"])
+        assert [i["dtype"] for i in spec["inputs"]] == [str(t.dtype).removeprefix("torch.") for t in inputs]
         for got, want, out_spec in zip(outputs, expected, spec["outputs"], strict=True):
             assert got.shape == tuple(want.shape) and out_spec["shape"] == ["batch", *want.shape[1:]]
             assert out_spec["dtype"] == str(want.dtype).removeprefix("torch.") == str(got.dtype)
@@ -85,15 +130,32 @@ def test_exported_graphs_match_the_model(tmp_path: Path, name: str, fmt: str) ->
                 np.testing.assert_array_equal(got, want.numpy())
     assert sidecar["variant"] == type(model).__name__ and sidecar["format"] == fmt
     assert sidecar["pixel_range"] == list(model.pixel_range) and sidecar["image_shape"] == list(model.image_shape)
-    assert sidecar["graphs"]["encoder"]["inputs"][0] == {"name": "images", "shape": ["batch", *model.image_shape],
-                                                         "dtype": "float32"}
-    assert not list(tmp_path.glob(".*.tmp")) and model.training is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and model.training is False  # nothing staged left
+
+
+def test_conditional_vae_graphs_take_labels(tmp_path: Path) -> None:
+    spec = json.loads(export_model(VARIANTS["cvae"](), tmp_path, "torchscript").read_text())["graphs"]
+    assert [i["name"] for i in spec["encoder"]["inputs"]] == ["images", "labels"]
+    assert [(i["name"], i["dtype"]) for i in spec["decoder"]["inputs"]] == [("codes", "float32"), ("labels", "int64")]
+
+
+def test_a_refused_export_leaves_the_previous_one_byte_identical(tmp_path: Path) -> None:
+    out = tmp_path / "exported"
+    export_model(VARIANTS["ae-mlp"](), out, "torchscript")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ExportError, match="differs from the model"):
+        export_model(Autoencoder(encoder=_BatchBaked(), latent_dim=4), out, "torchscript")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]  # the staging folder is gone
+    export_model(VARIANTS["ae-conv"](), out, "torchscript")  # a verified export replaces the whole set
+    assert json.loads((out / "export.json").read_text())["image_shape"] == [3, 16, 16]
+    assert all(before[name] != data for name, data in ((p.name, p.read_bytes()) for p in out.iterdir()))
 
 
 def test_vae_exports_mean_and_logvar_and_vqvae_indices(tmp_path: Path) -> None:
     vae = json.loads(export_model(VARIANTS["vae-bernoulli"](), tmp_path / "vae").read_text())
     assert [o["name"] for o in vae["graphs"]["encoder"]["outputs"]] == ["mean", "logvar"]
-    vq = json.loads(export_model(VARIANTS["vqvae"](), tmp_path / "vq").read_text())
+    vq = json.loads(export_model(VARIANTS["vqvae-vq"](), tmp_path / "vq").read_text())
     assert vq["graphs"]["encoder"]["outputs"] == [{"name": "indices", "shape": ["batch", 7, 7], "dtype": "int64"}]
     assert vq["graphs"]["decoder"]["inputs"][0]["dtype"] == "int64"
 
@@ -141,7 +203,7 @@ def test_export_that_does_not_match_the_model_is_refused(tmp_path: Path) -> None
 def test_bad_format_and_non_autoencoder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="format must be one of"):
         export_model(VARIANTS["ae-mlp"](), tmp_path, "tflite")  # type: ignore[arg-type]
-    with pytest.raises(ExportError, match="not an autoencoder"):
+    with pytest.raises(ExportError, match="not a model of lightning_ae"):
         export_model(nn.Linear(2, 2), tmp_path, "onnx")
 
 

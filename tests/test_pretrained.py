@@ -12,6 +12,8 @@ from lightning.pytorch import Trainer
 from torch import nn
 
 from lightning_ae import (
+    FSQ,
+    LFQ,
     VAE,
     VQVAE,
     Autoencoder,
@@ -20,8 +22,11 @@ from lightning_ae import (
     DenoisingAutoencoder,
     FakeImageDataModule,
     PixelCNNPrior,
+    ResidualVQ,
     SparseAutoencoder,
+    VectorQuantizer,
 )
+from lightning_ae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from lightning_ae.pretrained import from_config, load_model
 
 VARIANTS = {
@@ -30,7 +35,8 @@ VARIANTS = {
     "sae-topk": lambda: SparseAutoencoder(latent_dim=8, sparsity="topk", k=3),
     "cae": lambda: ContractiveAutoencoder(latent_dim=4, penalty="sigmoid", network="sigmoid", contractive_weight=0.5),
     "vae": lambda: VAE(latent_dim=4, likelihood="gaussian", gaussian_std=None, beta=2.0),
-    "vqvae": lambda: VQVAE(latent_dim=8, num_codes=16, hidden_channels=16, res_channels=8, pixel_range=(-0.5, 0.5)),
+    "vqvae": lambda: VQVAE(latent_dim=8, quantizer=VectorQuantizer(16, code_dim=8), hidden_channels=16, res_channels=8,
+                           pixel_range=(-0.5, 0.5)),
 }
 
 
@@ -92,11 +98,68 @@ def test_networks_from_class_paths_are_stored_as_such(tmp_path: Path) -> None:
     assert type(Autoencoder.load_from_checkpoint(tmp_path / "m.ckpt").encoder).__name__ == "MLPEncoder"
 
 
-def test_module_given_as_python_object_is_an_error(tmp_path: Path) -> None:
-    model = Autoencoder(encoder=nn.Sequential(nn.Flatten(), nn.Linear(784, 4)), latent_dim=4)
-    with pytest.raises(ValueError, match="encoder is a Sequential given as a Python object"):
+class MyEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@pytest.mark.parametrize("encoder", [MyEncoder, lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 4))],
+                         ids=["own-class", "torch-container"])
+def test_a_module_of_another_class_is_refused_naming_it(tmp_path: Path, encoder) -> None:
+    module = encoder()
+    model = Autoencoder(encoder=module, latent_dim=4)
+    name = f"{type(module).__module__}.{type(module).__qualname__}"
+    with pytest.raises(ValueError, match=rf"encoder is a {name}, a class outside lightning_ae") as info:
         model.save_pretrained(tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+PYTHON_BUILT = {
+    "vqvae-fsq": lambda: VQVAE(latent_dim=8, hidden_channels=16, res_channels=8,
+                               quantizer=FSQ(levels=[4, 3], code_dim=8)),
+    "vqvae-lfq": lambda: VQVAE(latent_dim=8, hidden_channels=16, res_channels=8, quantizer=LFQ(16, code_dim=8)),
+    "vqvae-rvq": lambda: VQVAE(latent_dim=8, hidden_channels=16, res_channels=8,
+                               quantizer=ResidualVQ(num_quantizers=2, num_codes=8, code_dim=8, cosine=True)),
+    "vqvae-vq-rotation": lambda: VQVAE(latent_dim=8, hidden_channels=16, res_channels=8,
+                                       quantizer=VectorQuantizer(8, code_dim=8, rotation_trick=True, ema=False)),
+    "ae-nets": lambda: Autoencoder(encoder=MLPEncoder((1, 28, 28), 5, hidden_dims=(32,)),
+                                   decoder=MLPDecoder((1, 28, 28), 5, hidden_dims=(32,)), latent_dim=5),
+    "vae-conv-nets": lambda: VAE(encoder=ConvEncoder((1, 28, 28), 8, hidden_channels=16),
+                                 decoder=ConvDecoder((1, 28, 28), 4, hidden_channels=16), latent_dim=4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_BUILT))
+def test_a_model_built_in_python_from_library_parts_saves_and_loads_equal(tmp_path: Path, name: str) -> None:
+    """Parts given as Python objects are written as their class_path/init_args: the folder rebuilds the same
+    model, and the Lightning checkpoint holds no pickled module (it loads with weights_only=True)."""
+    model = _perturbed(PYTHON_BUILT[name]())
+    model.save_pretrained(tmp_path / "folder")
+    loaded = type(model).from_pretrained(tmp_path / "folder")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    x = torch.rand(3, *model.image_shape)
+    assert torch.equal(model(x), loaded(x))
+    trainer = Trainer(accelerator="cpu", logger=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    restored = type(model).load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True).eval()
+    assert torch.equal(restored(x), model(x))
+
+
+def test_an_edited_or_broken_config_is_named(tmp_path: Path) -> None:
+    VARIANTS["ae"]().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "init_args": {**config["init_args"], "latent_dim": 5}}))
+    with pytest.raises(ValueError, match=r"model\.safetensors does not match the model its config\.json describes"):
+        Autoencoder.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"class_path": ')
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
+        Autoencoder.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize(("key", "value"), [

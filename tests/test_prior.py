@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 
-from lightning_ae import VQVAE, FakeImageDataModule, PixelCNNPrior
+from lightning_ae import VQVAE, FakeImageDataModule, PixelCNNPrior, VectorQuantizer
 from lightning_ae.nets.pixelcnn import GatedPixelCNN
 
 
@@ -54,7 +54,8 @@ def fit_quietly(model: LightningModule, max_steps: int, root: Path | None = None
 @pytest.fixture(scope="module")
 def vqvae_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     seed_everything(0)
-    model = VQVAE(image_shape=(1, 28, 28), latent_dim=8, num_codes=16, hidden_channels=16, res_channels=8)
+    model = VQVAE(image_shape=(1, 28, 28), latent_dim=8, quantizer=VectorQuantizer(16, code_dim=8), hidden_channels=16,
+                  res_channels=8)
     trainer = fit_quietly(model, max_steps=2)
     path = tmp_path_factory.mktemp("vqvae") / "vqvae.ckpt"
     trainer.save_checkpoint(path)
@@ -126,7 +127,8 @@ def test_prior_checkpoint_holds_its_vqvae(vqvae_checkpoint: Path, tmp_path: Path
     torch.testing.assert_close(loaded.vqvae.decode_indices(grids), expected_images)
     torch.testing.assert_close(loaded(grids), expected_logits)
 
-    other = VQVAE(image_shape=(1, 28, 28), latent_dim=8, num_codes=16, hidden_channels=32, res_channels=8)
+    other = VQVAE(image_shape=(1, 28, 28), latent_dim=8, quantizer=VectorQuantizer(16, code_dim=8), hidden_channels=32,
+                  res_channels=8)
     torch.save({"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams),
                 "pytorch-lightning_version": "2.6.0"}, vqvae_path)
     reloaded = PixelCNNPrior.load_from_checkpoint(prior_path, weights_only=False).eval()
@@ -152,7 +154,8 @@ def test_prior_from_the_cli_loads_without_its_vqvae_checkpoint(
               "--data.batch_size", "16", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
               "--trainer.max_steps", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
     main(["fit", "--model", "lightning_ae.VQVAE", "--model.hidden_channels", "8", "--model.res_channels", "4",
-          "--model.latent_dim", "4", "--model.num_codes", "8", "--trainer.default_root_dir", "vq", *common])
+          "--model.latent_dim", "4", "--model.quantizer", "VectorQuantizer", "--model.quantizer.num_codes", "8",
+          "--model.quantizer.code_dim", "4", "--trainer.default_root_dir", "vq", *common])
     (vqvae_path,) = Path("vq").rglob("*.ckpt")
     main(["fit", "--model", "lightning_ae.PixelCNNPrior", "--model.vqvae_checkpoint", str(vqvae_path),
           "--model.channels", "8", "--model.num_layers", "2", "--model.kernel_size", "3",

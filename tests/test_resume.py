@@ -109,7 +109,8 @@ def test_loading_a_model_leaves_the_random_state_alone(tmp_path: Path, tiny_data
 
 # ---- the real thing: SIGKILL a `lightning-ae fit` subprocess mid-epoch, resume with --ckpt_path last ----------
 VQ_SMALL = ["--model.hidden_channels", "16", "--model.res_channels", "8", "--model.num_res_blocks", "1",
-            "--model.latent_dim", "8", "--model.num_codes", "16"]
+            "--model.latent_dim", "8", "--model.quantizer", "VectorQuantizer", "--model.quantizer.num_codes", "16",
+            "--model.quantizer.code_dim", "8"]
 VARIANTS: dict[str, list[str]] = {
     "ae": ["--model", "Autoencoder", "--model.latent_dim", "4"],
     "dae": ["--model", "DenoisingAutoencoder", "--model.latent_dim", "4", "--model.corruption", "salt_and_pepper",
@@ -117,7 +118,8 @@ VARIANTS: dict[str, list[str]] = {
     "sae": ["--model", "SparseAutoencoder", "--model.latent_dim", "8", "--model.sparsity", "topk", "--model.k", "3"],
     "cae": ["--model", "ContractiveAutoencoder", "--model.latent_dim", "4", "--model.penalty", "stochastic"],
     "vae": ["--model", "VAE", "--model.latent_dim", "4", "--data.binarize", "dynamic"],
-    "vqvae": ["--model", "VQVAE", *VQ_SMALL, "--model.kmeans_init", "true", "--model.restart_threshold", "1.0"],
+    "vqvae": ["--model", "VQVAE", *VQ_SMALL, "--model.quantizer.kmeans_init", "true",
+              "--model.quantizer.restart_threshold", "1.0"],
     "prior": ["--model", "PixelCNNPrior", "--model.channels", "8", "--model.num_layers", "2"],
 }
 
@@ -158,9 +160,10 @@ def _assert_same(a: Any, b: Any, where: str) -> None:
 
 
 def _vqvae_checkpoint(path: Path) -> Path:
-    from lightning_ae import VQVAE, FakeImageDataModule
+    from lightning_ae import VQVAE, FakeImageDataModule, VectorQuantizer
 
-    model = VQVAE(hidden_channels=16, res_channels=8, num_res_blocks=1, latent_dim=8, num_codes=16)
+    model = VQVAE(hidden_channels=16, res_channels=8, num_res_blocks=1, latent_dim=8,
+                  quantizer=VectorQuantizer(16, code_dim=8))
     trainer = Trainer(max_steps=1, limit_val_batches=0, accelerator="cpu", logger=False, enable_progress_bar=False,
                       enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(model, datamodule=FakeImageDataModule(num_train=64, val_size=16, batch_size=16))

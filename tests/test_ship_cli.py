@@ -64,7 +64,7 @@ def test_export_subcommand(fitted: Path, tmp_path: Path, source: str) -> None:
 def test_export_errors_are_one_line(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "lightning_ae", "export", "--ckpt_path", str(tmp_path / "no"),
                              "--out", str(tmp_path / "out")], capture_output=True, text=True)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"lightning-ae export: error: {tmp_path / 'no'} is neither a checkpoint file nor a model folder "
         "(config.json + model.safetensors)"]

@@ -217,6 +217,30 @@ def test_mixture_log_prob_equals_a_hand_computed_mixture() -> None:
     assert batch.shape == (1, 2) and torch.allclose(batch, torch.full((1, 2), expected), atol=1e-5)
 
 
+def _mixture_float64(z: torch.Tensor, means: torch.Tensor, logvars: torch.Tensor) -> torch.Tensor:
+    z, means, logvars = z.double(), means.double(), logvars.double()
+    sq = ((z.unsqueeze(-2) - means) ** 2 / logvars.exp()).sum(-1)  # (N, K)
+    log_components = -0.5 * (z.shape[-1] * math.log(2 * math.pi) + logvars.sum(-1)) - 0.5 * sq
+    return torch.logsumexp(log_components, -1) - math.log(means.shape[0])
+
+
+@pytest.mark.parametrize("logvar", [-12.0, -8.0, -4.0, 0.0, 2.0])
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_mixture_log_prob_is_within_1e3_nats_of_float64(logvar: float, autocast: bool) -> None:
+    """Samples of the components themselves (where the mixture density is large and the expanded-square form
+    cancels worst), latent dimension 32, 50 components with log-variances around ``logvar``; in fp32 and under
+    bf16 autocast (the mixture runs in fp32 with autocast off, so both must match float64)."""
+    gen = torch.Generator().manual_seed(0)
+    means = torch.randn(50, 32, generator=gen) * 2
+    logvars = logvar + 0.5 * torch.rand(50, 32, generator=gen)
+    k = torch.randint(50, (400,), generator=gen)
+    z = means[k] + (0.5 * logvars[k]).exp() * torch.randn(400, 32, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        got = gaussian_mixture_log_prob(z, means, logvars, chunk_elements=50 * 32 * 7)  # several chunks
+    assert got.dtype == torch.float32 and got.shape == (400,)
+    assert (got.double() - _mixture_float64(z, means, logvars)).abs().max().item() <= 1e-3
+
+
 def test_vampprior_with_one_standard_normal_pseudo_posterior_is_the_standard_prior() -> None:
     model = tiny(VampVAE, num_pseudo_inputs=1)
     last = model.encoder[-1]
@@ -238,8 +262,26 @@ def test_vampprior_trains_its_pseudo_inputs_and_samples_from_its_components(tmp_
     model.pseudo_inputs.data.uniform_(0.2, 0.8)
     model.loss_terms(binary_batch(8), "train").loss.backward()
     assert model.pseudo_inputs.grad is not None and model.pseudo_inputs.grad.abs().sum() > 0
-    assert model.sample(5, generator=torch.Generator().manual_seed(0)).shape == (5, *SHAPE)
-    assert model.log_likelihood(binary_batch(3), num_samples=4).shape == (3,)
+    # a sample is the decoded mean of z ~ q(z|u_k), k uniform: replayed by hand from the same generator
+    samples = model.sample(5, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        comps = model.prior_components()
+        k = torch.randint(4, (5,), generator=gen)
+        z = comps.mean[k] + comps.std[k] * torch.randn(5, model.latent_dim, generator=gen)
+        torch.testing.assert_close(samples, model.output_to_image(model.decode(z)))
+    # log p(x) with K=1 is the one-sample ELBO with this prior: recon NLL + log q - log p at the same draw
+    x = binary_batch(3)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        got = model.log_likelihood(x, num_samples=1)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        q = model.posterior(x)
+        z = q.rsample((1,))
+        by_hand = (-model.reconstruction_nll(model.decode(z[0]), x) + model.prior_log_prob(z[0])
+                   - q.log_prob(z[0]))
+    torch.testing.assert_close(got, by_hand, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="num_pseudo_inputs"):
         tiny(VampVAE, num_pseudo_inputs=0)
     with pytest.raises(ValueError, match="free_bits"):
@@ -276,9 +318,23 @@ def test_cvae_conditions_encoder_and_decoder_on_the_label() -> None:
     assert not torch.allclose(model.decode(z, torch.tensor([0, 0])), model.decode(z, torch.tensor([2, 2])))
     samples = model.sample(6, generator=torch.Generator().manual_seed(0), labels=torch.tensor([0, 1, 2, 0, 1, 2]))
     assert samples.shape == (6, *SHAPE)
-    with model.conditioned_on(torch.tensor([1, 2])):
-        assert model.log_likelihood(x, num_samples=5).shape == (2,)  # samples (5, 2) flattened: labels repeat
-        assert model(x).shape == x.shape
+    labels = torch.tensor([1, 2])
+    z = torch.randn(5, 2, 3)  # 5 samples of each of 2 images, flattened (5 * 2, 3): the labels repeat per sample
+    with torch.no_grad():
+        flat = model.decode(z.flatten(0, 1), labels)
+        one_by_one = torch.stack([model.decode(z[i], labels) for i in range(5)]).flatten(0, 1)
+    torch.testing.assert_close(flat, one_by_one)
+    with model.conditioned_on(labels), torch.no_grad():
+        torch.manual_seed(2)
+        iw = model.log_likelihood(x, num_samples=5)
+        assert torch.equal(model(x), model.output_to_image(model.decode(model.posterior(x, labels).mean, labels)))
+    torch.manual_seed(2)
+    with torch.no_grad():  # the same estimate with the labels passed explicitly at every call
+        q = model.posterior(x, labels)
+        zs = q.rsample((5,))
+        weights = (-model.reconstruction_nll(model.decode(zs.flatten(0, 1), labels).unflatten(0, (5, 2)), x)
+                   + standard_normal_log_prob(zs) - q.log_prob(zs))
+    torch.testing.assert_close(iw, torch.logsumexp(weights, 0) - math.log(5), rtol=1e-5, atol=1e-4)
 
 
 def test_cvae_fits_and_tests_from_labelled_batches_and_draws_one_row_per_class(tmp_path: Path) -> None:

@@ -7,15 +7,15 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from lightning_ae import VQVAE, FakeImageDataModule
+from lightning_ae import VQVAE, FakeImageDataModule, VectorQuantizer
 from lightning_ae.quantizers import perplexity_of_counts
 
-SMALL = {"latent_dim": 8, "num_codes": 32, "hidden_channels": 16, "res_channels": 8}
+SMALL = {"latent_dim": 8, "hidden_channels": 16, "res_channels": 8}
 
 
-def small(**kwargs) -> VQVAE:
+def small(**quantizer_options) -> VQVAE:
     seed_everything(0)
-    return VQVAE(image_shape=(1, 28, 28), **{**SMALL, **kwargs})
+    return VQVAE(image_shape=(1, 28, 28), quantizer=VectorQuantizer(32, code_dim=8, **quantizer_options), **SMALL)
 
 
 def test_index_interface() -> None:
@@ -35,8 +35,6 @@ def test_index_interface() -> None:
 def test_bad_configuration_is_named() -> None:
     with pytest.raises(ValueError, match="network"):
         VQVAE(network="mlp")
-    with pytest.raises(ValueError, match="num_codes"):
-        VQVAE(num_codes=0)
     with pytest.raises(ValueError, match="data_variance"):
         VQVAE(data_variance=0.0)
 
@@ -44,7 +42,9 @@ def test_bad_configuration_is_named() -> None:
 def test_data_variance_weights_the_reconstruction_term() -> None:
     """sonnet's loss: MSE / data variance + the quantizer's terms; the logged recon stays the plain MSE."""
     x = torch.rand(4, 1, 28, 28)
-    plain, scaled = small(), small(data_variance=0.0625)
+    plain = small()
+    scaled = VQVAE(image_shape=(1, 28, 28), quantizer=VectorQuantizer(32, code_dim=8), data_variance=0.0625, **SMALL)
+    scaled.load_state_dict(plain.state_dict())
     _out = plain.loss_terms(x, "val")
     plain_terms, x_hat = _out.as_dict(), _out.reconstruction
     terms = scaled.loss_terms(x, "val").as_dict()

@@ -65,11 +65,20 @@ def test_trains_from_yaml_and_reloads_from_the_checkpoint_alone(name: str, tmp_p
         torch.testing.assert_close(loaded(x), trained(x))
 
 
-def test_lfq_terms_are_logged_as_loss_terms() -> None:
-    model = VQVAE(image_shape=(1, 16, 16), latent_dim=8, hidden_channels=16, res_channels=8,
-                  quantizer=LFQ(num_codes=16, code_dim=8))
-    out = model.loss_terms(torch.rand(2, 1, 16, 16), "train")
-    assert {"per_sample_entropy", "codebook_entropy", "entropy_penalty", "commitment"} <= set(out.terms)
+def test_lfq_terms_are_logged_as_loss_terms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The VQ-VAE's loss adds LFQ's commitment and weighted entropy penalty (by hand), and its step logs them."""
+    quantizer = LFQ(num_codes=16, code_dim=8, entropy_weight=0.3)
+    model = VQVAE(image_shape=(1, 16, 16), latent_dim=8, hidden_channels=16, res_channels=8, quantizer=quantizer)
+    x = torch.rand(2, 1, 16, 16)
+    out = model.loss_terms(x, "val")
+    terms = out.terms
+    torch.testing.assert_close(out.loss, terms["recon"] + terms["commitment"] + 0.3 * terms["entropy_penalty"])
+    torch.testing.assert_close(terms["entropy_penalty"], terms["per_sample_entropy"] - quantizer.diversity_gamma
+                               * terms["codebook_entropy"])
+    logged: dict[str, torch.Tensor] = {}
+    monkeypatch.setattr(model, "log_dict", lambda values, **kwargs: logged.update(values))
+    model.validation_step(x, 0)
+    assert {"val/entropy_penalty", "val/per_sample_entropy", "val/codebook_entropy", "val/commitment"} <= set(logged)
     assert isinstance(model.train_codebook_usage, CodebookUsage) and model.train_codebook_usage.num_codes == 16
 
 
@@ -77,8 +86,6 @@ def test_a_given_quantizer_is_checked() -> None:
     common = {"image_shape": (1, 16, 16), "hidden_channels": 16, "res_channels": 8}
     with pytest.raises(ValueError, match=r"code_dim=4 .* latent_dim=8"):
         VQVAE(latent_dim=8, quantizer=FSQ(levels=[5, 5, 5, 5]), **common)
-    with pytest.raises(ValueError, match="num_codes, restart_threshold"):
-        VQVAE(latent_dim=8, quantizer=FSQ(levels=[5, 5], code_dim=8), num_codes=64, restart_threshold=1.0, **common)
     with pytest.raises(TypeError, match="Quantizer"):
         VQVAE(latent_dim=8, quantizer=torch.nn.Identity(), **common)
 

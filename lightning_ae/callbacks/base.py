@@ -21,16 +21,22 @@ from lightning_ae.distributed import world_size
 Rows = dict[str, torch.Tensor]
 
 
-def gather_rows(local: Rows, limit: int | None = None) -> Rows:
+def gather_rows(local: Rows, limit: int | None = None, to_rank_zero: bool = False) -> Rows:
     """Concatenates every rank's rows (rank 0's first), keeping the first ``limit``; one collective in total.
 
     Every rank must call it, also a rank that holds no rows (``local == {}``). Tensors travel as CPU objects, so
-    ranks may hold different numbers of rows.
+    ranks may hold different numbers of rows. With ``to_rank_zero`` only rank 0 receives them (``gather_object``;
+    the other ranks get ``{}``), so no rank but the writing one ever holds the whole set.
     """
     parts: list[Rows] = [local]
     if world_size() > 1:
         parts = [{} for _ in range(world_size())]
-        dist.all_gather_object(parts, {k: v.cpu() for k, v in local.items()})
+        cpu = {k: v.cpu() for k, v in local.items()}
+        if to_rank_zero:
+            dist.gather_object(cpu, parts if dist.get_rank() == 0 else None, dst=0)
+            parts = parts if dist.get_rank() == 0 else []
+        else:
+            dist.all_gather_object(parts, cpu)
     parts = [p for p in parts if p]
     if not parts:
         return {}

@@ -3,9 +3,12 @@
 The file is a ``torch.save`` dictionary of tensors (it loads with ``torch.load(path, weights_only=True)``): every
 tensor that ``predict_step`` returns with one row per sample (for the autoencoders ``latent``, ``reconstruction``,
 ``label`` when the batch has labels; the VQ-VAE's code ``indices``), concatenated over the whole predict set, plus
-``index``, the dataset index of each row (``0..N-1``, in order). Under DDP every rank keeps its rows and at the
-end ONE gather brings them to every rank; rank zero sorts them by dataset index and writes the file, so every
-sample appears once, in dataset order. Written to a temporary name and renamed: never half a file.
+``index``, the dataset index of each row (``0..N-1``, in order), and, when the datamodule says where its samples
+came from (``prediction_origins``, as lightning_ae's image datamodules do), each row's ``split`` and ``row`` in
+that split's source (and ``path`` for a folder of images). Under DDP every rank keeps its rows and at the end ONE
+gather brings them to rank zero only (the other ranks never hold the whole set), which sorts them by dataset index
+and writes the file, so every sample appears once, in dataset order. Written to a temporary name and renamed:
+never half a file.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class PredictionWriter(BasePredictionWriter):
         self.output_path = output_path
         self._rows: dict[int, list[Rows]] = {}
         self.written: list[Path] = []
+        self.gathered = 0  # rows this rank received at the last epoch end (all of them on rank 0, none elsewhere)
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._rows, self.written = {}, []
@@ -60,9 +64,11 @@ class PredictionWriter(BasePredictionWriter):
         for dataloader_idx in range(len(trainer.num_predict_batches)):
             parts = self._rows.get(dataloader_idx, [])
             local = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
-            rows = gather_rows(local)  # every rank takes part
+            rows = gather_rows(local, to_rank_zero=True)  # every rank takes part; rank 0 receives
+            self.gathered = len(rows.get("index", ()))
             if trainer.is_global_zero and rows:
-                self.written.append(write_predictions(sort_by_index(rows), self.path(trainer, dataloader_idx)))
+                rows = with_origins(sort_by_index(rows), trainer, dataloader_idx)
+                self.written.append(write_predictions(rows, self.path(trainer, dataloader_idx)))
         self._rows = {}
 
     def path(self, trainer: Trainer, dataloader_idx: int = 0) -> Path:
@@ -80,13 +86,22 @@ def per_sample_tensors(prediction: Any, batch_size: int) -> Rows:
             if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == batch_size}
 
 
+def with_origins(rows: Rows, trainer: Trainer, dataloader_idx: int) -> dict[str, Any]:
+    """``rows`` plus the datamodule's ``prediction_origins(rows["index"])`` (split, source row, file path), when it
+    has that method and this is its (first) predict dataloader."""
+    origins = getattr(trainer.datamodule, "prediction_origins", None)
+    if origins is None or dataloader_idx != 0:
+        return rows
+    return {**rows, **origins(rows["index"])}
+
+
 def sort_by_index(rows: Rows) -> Rows:
     """``rows`` reordered by their ``index`` row (dataset order)."""
     order = torch.argsort(rows["index"])
     return {k: v[order] for k, v in rows.items()}
 
 
-def write_predictions(rows: Rows, path: Path) -> Path:
+def write_predictions(rows: dict[str, Any], path: Path) -> Path:
     """``torch.save(rows, path)`` through a temporary file in the same folder and a rename; returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

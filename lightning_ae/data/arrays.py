@@ -51,6 +51,11 @@ def to_uint8_images(array: torch.Tensor, channels_last: bool, name: str) -> torc
         return array
     if not array.is_floating_point():
         raise ValueError(f"{name} must be uint8 or float in [0, 1], got {array.dtype}")
+    finite = torch.isfinite(array)
+    if not bool(finite.all()):
+        bad = (~finite).reshape(array.shape[0], -1).any(1)
+        raise ValueError(f"{name} hold {int((~finite).sum())} non-finite values (NaN or inf) in {int(bad.sum())} "
+                         f"image(s), the first at index {int(bad.nonzero()[0, 0])}: clean or drop them")
     low, high = float(array.min()), float(array.max())
     if low < 0 or high > 1:
         raise ValueError(f"{name} are float with values in [{low:g}, {high:g}], expected [0, 1] (or uint8)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -24,6 +24,8 @@ from lightning_ae.data.resumable import ResumableDataLoader, ResumableShardSampl
 from lightning_ae.distributed import rank, world_size
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+PredictSplit = Literal["train", "val", "test", "all"]
+SPLITS = ("train", "val", "test")
 
 
 class InMemoryImageDataset(Dataset[Batch]):
@@ -34,9 +36,12 @@ class InMemoryImageDataset(Dataset[Batch]):
         images: ``uint8 (N, C, H, W)``; may be a view of a memory-mapped file (it is indexed, never copied whole).
         labels: ``(N,)`` class indices, or None for unlabelled images (batches are then the image tensor alone).
         indices: the rows of ``images`` that make this dataset (a split of a larger array), or None for all.
+        source_rows: where each sample came from, when ``images`` is already a copy of some rows of a source
+            (a split file, an array): its row there; default ``indices`` (or ``0..N-1``). Predictions carry it.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None = None) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None = None,
+                 source_rows: torch.Tensor | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels is not None and labels.shape != images.shape[:1]:
@@ -44,6 +49,7 @@ class InMemoryImageDataset(Dataset[Batch]):
         self.images = images
         self.labels = None if labels is None else labels.long()
         self.indices = None if indices is None else torch.as_tensor(indices, dtype=torch.long)
+        self.source_rows = None if source_rows is None else torch.as_tensor(source_rows, dtype=torch.long).cpu()
 
     def __len__(self) -> int:
         return self.images.shape[0] if self.indices is None else self.indices.shape[0]
@@ -63,7 +69,13 @@ class InMemoryImageDataset(Dataset[Batch]):
         if self.images.device == device:
             return self
         moved = (None if t is None else t.to(device) for t in (self.labels, self.indices))
-        return InMemoryImageDataset(self.images.to(device), *moved)
+        return InMemoryImageDataset(self.images.to(device), *moved, source_rows=self.rows())
+
+    def rows(self) -> torch.Tensor:
+        """The source row of every sample ``(N,)`` (CPU int64): ``source_rows``, else ``indices``, else ``0..N-1``."""
+        if self.source_rows is not None:
+            return self.source_rows
+        return self.indices.cpu() if self.indices is not None else torch.arange(len(self))
 
     def __getitems__(self, indices: Sequence[int]) -> Any:
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
@@ -77,6 +89,40 @@ class InMemoryImageDataset(Dataset[Batch]):
         for start in range(0, len(self), size):
             chunk = self.__getitems__(range(start, min(start + size, len(self))))
             yield chunk if self.labels is None else chunk[0]
+
+
+class ConcatImageDataset(Dataset[Batch]):
+    """Several :class:`InMemoryImageDataset` one after the other, still batched by one index per part (``predict``
+    over ``all`` splits). All parts are labelled, or none."""
+
+    def __init__(self, parts: Sequence[InMemoryImageDataset]) -> None:
+        if len({p.labels is None for p in parts}) > 1:
+            raise ValueError("ConcatImageDataset needs every part labelled or none")
+        self.parts = list(parts)
+        self.ends = torch.tensor([len(p) for p in parts]).cumsum(0)
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        which = torch.bucketize(idx, self.ends, right=True)  # (B,) the part of each index
+        starts = torch.cat([torch.zeros(1, dtype=torch.long), self.ends[:-1]])
+        pieces = [(which == k).nonzero().flatten() for k in range(len(self.parts))]
+        batches = [self.parts[k].__getitems__((idx[at] - starts[k]).tolist()) for k, at in enumerate(pieces) if len(at)]
+        order = torch.argsort(torch.cat([at for at in pieces if len(at)]))  # back to the order of ``indices``
+        if self.parts[0].labels is None:
+            return torch.cat(batches)[order.to(batches[0].device)]
+        order = order.to(batches[0][0].device)
+        return torch.cat([b[0] for b in batches])[order], torch.cat([b[1] for b in batches])[order]
+
+    def __getitem__(self, index: int) -> Any:
+        batch = self.__getitems__([index])
+        return batch[0] if self.parts[0].labels is None else (batch[0][0], batch[1][0])
+
+    def to(self, device: torch.device | str) -> ConcatImageDataset:
+        """The parts on ``device``."""
+        return ConcatImageDataset([p.to(device) for p in self.parts])
 
 
 def _collate_batch(batch: Batch) -> Batch:
@@ -122,6 +168,9 @@ class ImageDataModule(LightningDataModule):
         num_workers: DataLoader workers (0 is fastest for in-memory data).
         pixel_range: ``(low, high)`` that pixel values are scaled to (``(0, 1)`` or ``(-1, 1)``...).
         download: download missing files in :meth:`prepare_data`; with ``False`` missing files are an error.
+        predict_split: the split ``predict`` runs over: ``test`` (the default: images no model was fitted to, so
+            the reconstruction errors of a prediction are honest), ``train``, ``val`` or ``all`` (every image, e.g.
+            to embed a whole collection). Predictions carry each sample's origin (:meth:`prediction_origins`).
         on_device: hold the splits on the Trainer's device (``strategy.root_device``): batches are indexed there
             and never cross the bus (MNIST takes 55 MB, CIFAR-10 184 MB of uint8). Needs ``num_workers=0``;
             outside a Trainer, or on a CPU, the data stays where it is.
@@ -142,6 +191,7 @@ class ImageDataModule(LightningDataModule):
         pixel_range: tuple[float, float] = (0.0, 1.0),
         download: bool = True,
         on_device: bool = False,
+        predict_split: PredictSplit = "test",
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -165,6 +215,9 @@ class ImageDataModule(LightningDataModule):
         self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
         self.download = download
         self.on_device = on_device
+        if predict_split not in (*SPLITS, "all"):
+            raise ValueError(f"predict_split must be one of {(*SPLITS, 'all')}, got {predict_split!r}")
+        self.predict_split = predict_split
         self._placed: dict[int, tuple[InMemoryImageDataset, InMemoryImageDataset]] = {}
         self.train_set: InMemoryImageDataset | None = None
         self.val_set: InMemoryImageDataset | None = None
@@ -179,11 +232,12 @@ class ImageDataModule(LightningDataModule):
         return held_out_count(self.val_size, n, "val_size")
 
     def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit", "validate") and self.train_set is None:
+        train_needed = stage in (None, "fit", "validate") or (stage == "predict" and self.predict_split != "test")
+        if train_needed and self.train_set is None:
             images, labels = self._load_split(train=True)
             val_idx, train_idx = seeded_split(images.shape[0], [self._num_val(images.shape[0])], self.seed)
-            self.train_set = InMemoryImageDataset(images[train_idx], labels[train_idx])
-            self.val_set = InMemoryImageDataset(images[val_idx], labels[val_idx])
+            self.train_set = InMemoryImageDataset(images[train_idx], labels[train_idx], source_rows=train_idx)
+            self.val_set = InMemoryImageDataset(images[val_idx], labels[val_idx], source_rows=val_idx)
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = InMemoryImageDataset(*self._load_split(train=False))
 
@@ -239,7 +293,33 @@ class ImageDataModule(LightningDataModule):
         return self._loader(self.test_set, False, "test")
 
     def predict_dataloader(self) -> DataLoader[Batch]:
-        return self._loader(self.test_set, False, "predict")
+        """The ``predict_split`` split (``all``: train, val and test, in that order)."""
+        return self._loader(self.predict_dataset(), False, "predict")
+
+    def predict_parts(self) -> list[tuple[str, InMemoryImageDataset]]:
+        """``(split name, dataset)`` of each split ``predict`` covers, in order (after :meth:`setup`)."""
+        names = SPLITS if self.predict_split == "all" else (self.predict_split,)
+        parts = [(name, getattr(self, f"{name}_set")) for name in names]
+        if any(dataset is None for _, dataset in parts):
+            raise RuntimeError(f"{type(self).__name__}.predict_dataloader() called before setup('predict')")
+        return parts
+
+    def predict_dataset(self) -> InMemoryImageDataset | ConcatImageDataset | None:
+        """The dataset ``predict`` runs over (``None`` before :meth:`setup`)."""
+        if all(getattr(self, f"{name}_set") is None for name in SPLITS):
+            return None
+        parts = [dataset for _, dataset in self.predict_parts()]
+        return parts[0] if len(parts) == 1 else ConcatImageDataset(parts)
+
+    def prediction_origins(self, positions: torch.Tensor) -> dict[str, Any]:
+        """Where the samples at ``positions`` of :meth:`predict_dataset` came from: ``split`` (a list of split
+        names) and ``row`` ``(N,)``, the row in that split's source (the split's file for MNIST and CIFAR-10, the
+        array for arrays, the folder's file list for folders, which add ``path``)."""
+        parts = self.predict_parts()
+        sizes = torch.tensor([len(dataset) for _, dataset in parts])
+        part = torch.bucketize(positions, sizes.cumsum(0), right=True)  # (N,) the split of each position
+        rows = torch.cat([dataset.rows() for _, dataset in parts])
+        return {"split": [parts[p][0] for p in part.tolist()], "row": rows[positions]}
 
     # ---- per-batch transforms on the device ----------------------------------------------------------------
     def transform(self, images: torch.Tensor, training: bool) -> torch.Tensor:

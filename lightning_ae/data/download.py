@@ -15,10 +15,12 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning_ae.errors import InputError
+
 _CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(InputError, RuntimeError):
     """Every mirror failed for a file."""
 
 

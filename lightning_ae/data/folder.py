@@ -94,6 +94,13 @@ class ImageFolderDataModule(ImageDataModule):
         self.val_set = InMemoryImageDataset(images, labels, val)
         self.test_set = InMemoryImageDataset(images, labels, test)
 
+    def prediction_origins(self, positions: torch.Tensor) -> dict[str, Any]:
+        """As :meth:`ImageDataModule.prediction_origins`, plus ``path``: each sample's file, relative to ``root``."""
+        origins = super().prediction_origins(positions)
+        files = self.cache.files if self.cache is not None else []
+        origins["path"] = [files[row] for row in origins["row"].tolist()]
+        return origins
+
 
 def split_rows(splits: np.ndarray, val_size: int | float, test_size: int | float,
                seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_ae.errors import InputError
+
 _FIX = "Delete it and let prepare_data() download it again (download=True), or put the official file there."
 
 
-class DatasetFileError(RuntimeError):
+class DatasetFileError(InputError, RuntimeError):
     """A dataset file is missing, truncated, corrupt or of the wrong format."""
 
 

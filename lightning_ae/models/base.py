@@ -22,8 +22,9 @@ from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from lightning_ae.batch import check_image_shape, extract_images, extract_labels
+from lightning_ae.graphs import FunctionModule, Graph, output_shape, random_images
 from lightning_ae.nets import Network, check_network, default_networks
-from lightning_ae.pretrained import PretrainedMixin
+from lightning_ae.pretrained import PretrainedMixin, describe_parts
 from lightning_ae.resume import restore_rng_states, save_rng_states
 
 
@@ -150,6 +151,7 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
         with warnings.catch_warnings():  # modules given from Python are kept so load_from_checkpoint can rebuild them
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters(ignore=unpicklable)
+        describe_parts(self)  # parts given as Python objects: their configs, so checkpoints hold no pickled module
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
         if len(pixel_range) != 2 or not pixel_range[0] < pixel_range[1]:
@@ -218,6 +220,21 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstructs images: ``(B, C, H, W)`` -> ``(B, C, H, W)`` in ``pixel_range``."""
         return self.output_to_image(self.decode(self.encode(self.check_images(x))))
+
+    def decode_to_image(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in ``pixel_range`` (``output_to_image(decode(z))``)."""
+        return self.output_to_image(self.decode(z))
+
+    def export_graphs(self) -> list[Graph]:
+        """The graphs :func:`lightning_ae.export.export_model` writes: ``encoder`` images -> ``codes``
+        (:meth:`encode`) and ``decoder`` codes -> ``images`` (:meth:`decode_to_image`)."""
+        images = random_images(self)
+        shape = output_shape(self.encode, images(1))
+        return [
+            Graph("encoder", FunctionModule(self, self.encode), images, ("images",), ("codes",)),
+            Graph("decoder", FunctionModule(self, self.decode_to_image),
+                  lambda n: (torch.randn(n, *shape, device=self.device),), ("codes",), ("images",)),
+        ]
 
     @torch.no_grad()
     def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch import nn
 
 from lightning_ae.batch import extract_images, extract_labels
 from lightning_ae.distributions import DiagonalGaussian
+from lightning_ae.graphs import FunctionModule, Graph, random_images
 from lightning_ae.models.vae import VAE
 from lightning_ae.nets import default_networks
 
@@ -105,6 +106,29 @@ class ConditionalVAE(VAE):
         y = torch.arange(n, device=self.device) % self.num_classes if labels is None else labels
         z = torch.randn(n, self.latent_dim, generator=generator, device=self.device, dtype=self.dtype)
         return self.output_to_image(self.decode(z, self.check_labels(y, n)))
+
+    def export_graphs(self) -> list[Graph]:
+        """``encoder`` (images, labels) -> ``mean``, ``logvar`` of ``q(z|x, y)``; ``decoder`` (codes, labels) ->
+        images (``labels``: int64 class indices ``(B,)``)."""
+        images = random_images(self)
+
+        def labels(n: int) -> torch.Tensor:
+            return torch.arange(n, device=self.device) % self.num_classes
+
+        def encode(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            q = self.posterior(x, y)
+            return q.mean, q.logvar
+
+        def decode(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.output_to_image(self.decode(z, y))
+
+        return [
+            Graph("encoder", FunctionModule(self, encode), lambda n: (*images(n), labels(n)), ("images", "labels"),
+                  ("mean", "logvar")),
+            Graph("decoder", FunctionModule(self, decode),
+                  lambda n: (torch.randn(n, self.latent_dim, device=self.device), labels(n)), ("codes", "labels"),
+                  ("images",)),
+        ]
 
     # ---- every step reads the batch's labels ------------------------------------------------------------------
     def _batch_labels(self, batch: Any) -> torch.Tensor:

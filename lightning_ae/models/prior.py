@@ -13,10 +13,11 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable, instantiate_module
 
 from lightning_ae.batch import extract_images
+from lightning_ae.graphs import FunctionModule, Graph
 from lightning_ae.models.base import Stage, build_optimization
 from lightning_ae.models.vqvae import VQVAE
 from lightning_ae.nets.pixelcnn import GatedPixelCNN
-from lightning_ae.pretrained import PretrainedMixin
+from lightning_ae.pretrained import CONFIG_NAME, PretrainedMixin, is_model_folder, read_checkpoint
 from lightning_ae.resume import restore_rng_states, save_rng_states
 
 
@@ -34,16 +35,24 @@ def build_vqvae(hparams: dict[str, Any]) -> VQVAE:
 
 def load_vqvae(path: str) -> tuple[VQVAE, dict[str, Any]]:
     """The trained :class:`VQVAE` of checkpoint or model folder ``path`` and its hyperparameters (a checkpoint is
-    read once)."""
-    if Path(path).is_dir():  # a model folder (save_pretrained writes the prior's VQ-VAE as one)
+    read once, with ``weights_only=True``: nothing in it runs).
+
+    Raises:
+        FileNotFoundError: for a path that does not exist.
+        ValueError: for a folder that is not a model folder, or a file that is not a safe Lightning checkpoint of a
+            VQ-VAE (naming the path).
+    """
+    source = Path(path)
+    if source.is_dir():  # a model folder (save_pretrained writes the prior's VQ-VAE as one)
+        if not is_model_folder(source):
+            raise ValueError(f"vqvae_checkpoint {path} is a folder without {CONFIG_NAME}: not a model folder")
         vqvae = VQVAE.from_pretrained(path)
         return vqvae, dict(vqvae.hparams)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
+    if not source.exists():
         raise FileNotFoundError(f"vqvae_checkpoint {path!r} does not exist: train the VQ-VAE first "
-                                "(lightning-ae fit --config configs/<dataset>/vqvae.yaml)") from None
-    hparams = dict(checkpoint["hyper_parameters"])
+                                "(lightning-ae fit --config configs/<dataset>/vqvae.yaml)")
+    checkpoint = read_checkpoint(source, "vqvae_checkpoint")
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
     vqvae = build_vqvae(hparams)
     vqvae.load_state_dict(checkpoint["state_dict"])
     return vqvae, hparams
@@ -120,7 +129,7 @@ class PixelCNNPrior(PretrainedMixin, LightningModule):
             raise ValueError(f"pixel_range {tuple(pixel_range)} does not match the VQ-VAE's {vqvae.pixel_range}")
         check_one_index_per_position(vqvae)
         self.vqvae = vqvae.eval().requires_grad_(False)
-        self.image_shape = vqvae.image_shape
+        self.image_shape, self.pixel_range = vqvae.image_shape, vqvae.pixel_range
         self.grid_shape: tuple[int, int] = tuple(  # type: ignore[assignment]
             self.vqvae.encode_indices(torch.zeros(1, *self.image_shape)).shape[1:])
         self.pixelcnn = GatedPixelCNN(vqvae.quantizer.codebook_size, channels, num_layers, kernel_size)
@@ -160,6 +169,17 @@ class PixelCNNPrior(PretrainedMixin, LightningModule):
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
         """``n`` images ``(n, C, H, W)`` in pixel space: prior samples decoded by the VQ-VAE."""
         return self.vqvae.decode_indices(self.sample_indices(n, generator, temperature))
+
+    def export_graphs(self) -> list[Graph]:
+        """``prior`` code indices ``(B, h, w)`` -> ``logits`` ``(B, K, h, w)`` of each code given the ones before
+        it (sampling runs it once per position, in raster order), and the VQ-VAE's ``decoder`` indices -> images."""
+        size = self.vqvae.quantizer.codebook_size
+
+        def indices(n: int) -> tuple[torch.Tensor]:
+            return (torch.randint(size, (n, *self.grid_shape), device=self.device),)
+
+        return [Graph("prior", FunctionModule(self.pixelcnn, self.pixelcnn), indices, ("indices",), ("logits",)),
+                self.vqvae.export_graphs()[1]]
 
     # ---- the step ------------------------------------------------------------------------------------------------
     def _step(self, batch: Any, stage: Stage) -> torch.Tensor:

@@ -19,6 +19,7 @@ from lightning_ae.distributions import (
     kl_warmup_weight,
     standard_normal_log_prob,
 )
+from lightning_ae.graphs import FunctionModule, Graph
 from lightning_ae.metrics import ActiveUnits
 from lightning_ae.models.base import AutoencoderBase, LossOutput, Stage
 
@@ -83,6 +84,16 @@ class VAE(AutoencoderBase):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:  # the posterior mean (B, latent_dim)
         return self.posterior(x).mode()
+
+    def export_graphs(self) -> list[Graph]:
+        """As :meth:`AutoencoderBase.export_graphs`, the encoder giving ``q(z|x)``'s ``mean`` and ``logvar``."""
+        def encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            q = self.posterior(x)
+            return q.mean, q.logvar
+
+        encoder, decoder = super().export_graphs()
+        return [Graph("encoder", FunctionModule(self, encode), encoder.make_inputs, ("images",), ("mean", "logvar")),
+                decoder]
 
     def output_to_image(self, output: torch.Tensor) -> torch.Tensor:
         """Decoder output -> the mean of ``p(x|z)`` (``sigmoid(logits)`` for Bernoulli), ``(..., C, H, W)``."""

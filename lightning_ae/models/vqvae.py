@@ -3,18 +3,17 @@ nearest of K codes, decoded back; loss = reconstruction / data variance + codebo
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from lightning_ae.distributed import log_global
+from lightning_ae.graphs import FunctionModule, Graph, output_shape, random_images
 from lightning_ae.metrics import CodebookUsage
 from lightning_ae.models.base import AutoencoderBase, LossOutput, Stage
 from lightning_ae.nets.common import Init
-from lightning_ae.quantizers import QuantizerOutput, VectorQuantizer, check_quantizer
+from lightning_ae.quantizers import Quantizer, QuantizerOutput, VectorQuantizer, check_quantizer
 
 
 class VQVAE(AutoencoderBase):
@@ -30,10 +29,6 @@ class VQVAE(AutoencoderBase):
     Args:
         latent_dim: code dimension ``D``.
         network: must be ``conv`` (the latents form a spatial grid).
-        num_codes: codebook size ``K`` of the default quantizer; ``beta`` (commitment weight, eq. 3), ``ema``
-            (EMA codebook, Appendix A.1), ``decay``, ``epsilon`` (Laplace smoothing), ``kmeans_init``,
-            ``kmeans_iters``, ``restart_threshold`` (dead-code restarts) and ``cosine`` (cosine lookup) are its other
-            arguments, as :class:`~lightning_ae.quantizers.VectorQuantizer` documents them.
         hidden_channels: channels of the default networks (sonnet: 128).
         res_channels: hidden channels of the residual blocks (sonnet: 32).
         num_res_blocks: residual blocks (sonnet: 2).
@@ -42,8 +37,9 @@ class VQVAE(AutoencoderBase):
         weight_init: initialisation of the default networks: ``torch`` (PyTorch's defaults) or ``sonnet``
             (sonnet 2's: truncated normal with std ``1/sqrt(fan_in)``, zero biases).
         quantizer: any :class:`~lightning_ae.quantizers.Quantizer` (``VectorQuantizer``, ``FSQ``, ``LFQ``,
-            ``ResidualVQ``; from YAML with ``class_path``) whose ``code_dim`` is ``latent_dim``; ``None`` builds the
-            default ``VectorQuantizer`` from ``num_codes`` ... ``cosine`` (which must keep their defaults otherwise).
+            ``ResidualVQ`` or one of your own; from YAML or the command line with ``class_path``) whose ``code_dim``
+            is ``latent_dim``; it owns its options (codebook size, commitment weight ``beta``, EMA, k-means, restarts,
+            levels...). ``None``: ``VectorQuantizer(code_dim=latent_dim)`` with its defaults (512 codes, EMA).
         **kwargs: the other arguments of :class:`~lightning_ae.models.AutoencoderBase` (sonnet's optimizer is Adam
             with lr 3e-4, its ``pixel_range`` ``(-0.5, 0.5)``).
     """
@@ -52,21 +48,12 @@ class VQVAE(AutoencoderBase):
         self,
         latent_dim: int = 64,
         network: Literal["conv"] = "conv",
-        num_codes: int = 512,
-        beta: float = 0.25,
-        ema: bool = True,
-        decay: float = 0.99,
-        epsilon: float = 1e-5,
-        kmeans_init: bool = False,
-        kmeans_iters: int = 10,
-        restart_threshold: float = 0.0,
-        cosine: bool = False,
         hidden_channels: int = 128,
         res_channels: int = 32,
         num_res_blocks: int = 2,
         data_variance: float = 1.0,
         weight_init: Init = "torch",
-        quantizer: nn.Module | None = None,
+        quantizer: Quantizer | None = None,
         **kwargs: Any,
     ) -> None:
         if not data_variance > 0:
@@ -76,15 +63,7 @@ class VQVAE(AutoencoderBase):
         super().__init__(latent_dim=latent_dim, network=network, **kwargs)
         self.init_networks(spatial=True, hidden_channels=hidden_channels, res_channels=res_channels,
                            num_res_blocks=num_res_blocks, init=weight_init)
-        vq_arguments = {"num_codes": num_codes, "beta": beta, "ema": ema, "decay": decay, "epsilon": epsilon,
-                        "kmeans_init": kmeans_init, "kmeans_iters": kmeans_iters,
-                        "restart_threshold": restart_threshold, "cosine": cosine}
-        if quantizer is not None:  # the default quantizer's arguments would be ignored: refuse them
-            defaults = inspect.signature(VQVAE.__init__).parameters
-            if ignored := [k for k, v in vq_arguments.items() if v != defaults[k].default]:
-                raise ValueError(f"{', '.join(ignored)} configure the default VectorQuantizer, but a quantizer "
-                                 f"({type(quantizer).__name__}) was given: set them on the quantizer instead")
-        self.quantizer = (VectorQuantizer(code_dim=latent_dim, **vq_arguments) if quantizer is None
+        self.quantizer = (VectorQuantizer(code_dim=latent_dim) if quantizer is None
                           else check_quantizer(quantizer, latent_dim))
         self.data_variance = data_variance
         self.train_codebook_usage, self.val_codebook_usage, self.test_codebook_usage = (
@@ -105,6 +84,17 @@ class VQVAE(AutoencoderBase):
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices ``(B, h, w)`` (``(B, Q, h, w)`` for residual VQ) -> images ``(B, C, H, W)``."""
         return self.output_to_image(self.decoder(self.quantizer.indices_to_codes(indices)))
+
+    def export_graphs(self) -> list[Graph]:
+        """``encoder`` images -> code ``indices`` (int64) and ``decoder`` indices -> ``images``."""
+        images = random_images(self)
+        grid = output_shape(self.encode_indices, images(1))
+        size = self.quantizer.codebook_size
+        return [
+            Graph("encoder", FunctionModule(self, self.encode_indices), images, ("images",), ("indices",)),
+            Graph("decoder", FunctionModule(self, self.decode_indices),
+                  lambda n: (torch.randint(size, (n, *grid), device=self.device),), ("indices",), ("images",)),
+        ]
 
     def codebook_usage(self, stage: Stage) -> CodebookUsage:
         """The :class:`CodebookUsage` metric counting the codes of ``stage`` in the current epoch."""

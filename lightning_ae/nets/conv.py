@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lightning_ae.batch import ImageShape, check_image_shape
+from lightning_ae.configurable import Configurable
 from lightning_ae.nets.common import Init, initialize
 
 
@@ -48,7 +49,7 @@ def _grid_shape(image_shape: ImageShape, num_downsamples: int) -> tuple[int, int
     return h // f, w // f
 
 
-class ConvEncoder(nn.Module):
+class ConvEncoder(Configurable, nn.Module):
     """Strided-convolution residual encoder.
 
     Args:
@@ -98,7 +99,7 @@ class ConvEncoder(nn.Module):
         return self.net(x)  # (B, C, H, W) -> (B, out_dim[, H/f, W/f])
 
 
-class ConvDecoder(nn.Module):
+class ConvDecoder(Configurable, nn.Module):
     """Transposed-convolution residual decoder, the mirror of :class:`ConvEncoder` (unbounded outputs).
 
     Args:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lightning_ae.batch import ImageShape, check_image_shape
+from lightning_ae.configurable import Configurable
 from lightning_ae.nets.common import make_activation
 
 
@@ -23,7 +24,7 @@ def mlp(sizes: Sequence[int], activation: str = "relu", final_activation: bool =
     return nn.Sequential(*layers)
 
 
-class MLPEncoder(nn.Module):
+class MLPEncoder(Configurable, nn.Module):
     """Flattens an image and maps it through an MLP to ``out_dim`` features.
 
     Args:
@@ -49,7 +50,7 @@ class MLPEncoder(nn.Module):
         return self.net(x.flatten(1))  # (B, C, H, W) -> (B, out_dim)
 
 
-class MLPDecoder(nn.Module):
+class MLPDecoder(Configurable, nn.Module):
     """Maps a code through an MLP to an image of ``image_shape`` (unbounded outputs: logits or means).
 
     Args:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lightning_ae.configurable import Configurable
+
 
 def gate(x: torch.Tensor) -> torch.Tensor:
     """Gated activation ``tanh(a) * sigmoid(b)`` (eq. 2 of the paper) of the two halves of the channels."""
@@ -58,7 +60,7 @@ class GatedMaskedConv2d(nn.Module):
         return gate(v_feat), h_out if self.mask_a else h + h_out
 
 
-class GatedPixelCNN(nn.Module):
+class GatedPixelCNN(Configurable, nn.Module):
     """Autoregressive model of a ``(B, h, w)`` grid of codes in ``[0, num_codes)``: returns logits
     ``(B, num_codes, h, w)``, those at ``(i, j)`` a function of the codes before ``(i, j)`` in raster order.
 

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from lightning_ae.batch import ImageShape, check_image_shape
+from lightning_ae.configurable import Configurable
 
 
-class SigmoidEncoder(nn.Module):
+class SigmoidEncoder(Configurable, nn.Module):
     """``h = sigmoid(W flatten(x) + b)``: one linear layer and a sigmoid.
 
     The contractive penalty of this encoder has a closed form (``penalty: sigmoid`` of

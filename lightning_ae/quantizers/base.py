@@ -9,6 +9,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from lightning_ae.configurable import Configurable
+
 NO_TERMS: Mapping[str, torch.Tensor] = MappingProxyType({})
 
 
@@ -39,7 +41,7 @@ class QuantizerOutput(NamedTuple):
     terms: Mapping[str, torch.Tensor] = NO_TERMS
 
 
-class Quantizer(nn.Module):
+class Quantizer(Configurable, nn.Module):
     """Base of the quantizers: channel-first input ``(B, code_dim, *spatial)`` or ``(N, code_dim)``, a
     :class:`QuantizerOutput` from ``forward(z, update=None)``, and ``indices_to_codes`` back from indices.
 
@@ -67,24 +69,26 @@ class Quantizer(nn.Module):
         if z.ndim < 2 or z.shape[1] != self.code_dim:
             raise ValueError(f"{type(self).__name__} expected input (B, {self.code_dim}, ...) with "
                              f"code_dim={self.code_dim} channels, got {tuple(z.shape)}")
-        return z.float().movedim(1, -1).reshape(-1, self.code_dim)
+        return z.float().movedim(1, z.ndim - 1).reshape(-1, self.code_dim)  # non-negative dims: see below
 
     @staticmethod
     def unflatten(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Rows ``(N, C)`` -> the channel-first layout of ``like`` ``(B, C, *spatial)``, in ``like``'s dtype."""
-        out = rows.reshape(like.shape[0], *like.shape[2:], rows.shape[-1]).movedim(-1, 1)
+        out = rows.reshape(like.shape[0], *like.shape[2:], rows.shape[-1]).movedim(like.ndim - 1, 1)
         return out.to(like.dtype)
 
     @staticmethod
     def rows_to_index_grid(indices: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Indices of the rows ``(N,)`` (or ``(N, Q)``) -> ``(B, *spatial)`` (or ``(B, Q, *spatial)``)."""
         grid = indices.reshape(like.shape[0], *like.shape[2:], *indices.shape[1:])
-        return grid.movedim(-1, 1) if indices.ndim > 1 else grid
+        return grid.movedim(grid.ndim - 1, 1) if indices.ndim > 1 else grid
 
     @staticmethod
     def codes_to_channels_first(codes: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """Codes ``(*indices.shape, D)`` -> ``(B, D, *spatial)`` (rows ``(N, D)`` stay as they are). Uses the
-        non-negative ``movedim(indices.ndim, 1)``: the ONNX exporter writes an invalid Transpose for ``-1``."""
+        """Codes ``(*indices.shape, D)`` -> ``(B, D, *spatial)`` (rows ``(N, D)`` stay as they are).
+
+        Every ``movedim`` here names non-negative dimensions: for ``-1`` the ONNX exporter writes a Transpose with
+        a negative ``perm`` that onnxruntime refuses to load."""
         return codes.movedim(indices.ndim, 1) if indices.ndim > 1 else codes
 
 

@@ -68,8 +68,8 @@ class LFQ(Quantizer):
 
     def indices_to_bit_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices ``(...)`` -> codes ``(..., d)`` in ``{-1, 1}`` (before ``project_out``)."""
-        bits = (indices.unsqueeze(-1) & self._bit_values) != 0
-        return bits.float() * 2 - 1
+        bits = torch.div(indices.unsqueeze(-1), self._bit_values, rounding_mode="floor") % 2  # no bitwise `&`:
+        return bits.float() * 2 - 1  # ONNX has no integer AND
 
     def bit_codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes or pre-quantization values ``(..., d)`` -> indices ``(...)`` from the signs (eq. 2)."""

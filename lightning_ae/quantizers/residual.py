@@ -37,7 +37,12 @@ class ResidualVQ(Quantizer):
         kmeans_init: k-means initialisation of each level on the first training batch's residuals.
         kmeans_iters: Lloyd iterations of that k-means.
         restart_threshold: restart codes of a level whose EMA usage per step falls below this (0: never).
+        cosine: cosine lookup in every level.
+        codebook_dim: factorized lookup dimension of every level (``None``: ``code_dim``).
+        rotation_trick: the rotation-trick gradient in every level.
         quantizer_dropout: quantizer dropout in training.
+
+    Every level option is passed to :class:`VectorQuantizer` by keyword, as it documents them.
     """
 
     def __init__(
@@ -52,6 +57,9 @@ class ResidualVQ(Quantizer):
         kmeans_init: bool = False,
         kmeans_iters: int = 10,
         restart_threshold: float = 0.0,
+        cosine: bool = False,
+        codebook_dim: int | None = None,
+        rotation_trick: bool = False,
         quantizer_dropout: bool = False,
     ) -> None:
         super().__init__()
@@ -59,9 +67,11 @@ class ResidualVQ(Quantizer):
             raise ValueError(f"num_quantizers must be >= 1, got {num_quantizers}")
         self.code_dim, self.num_codes, self.quantizer_dropout = code_dim, num_codes, quantizer_dropout
         self.indices_per_position = num_quantizers
-        self.layers = nn.ModuleList(
-            VectorQuantizer(num_codes, code_dim, beta, ema, decay, epsilon, kmeans_init, kmeans_iters,
-                            restart_threshold) for _ in range(num_quantizers))
+        level = {"num_codes": num_codes, "code_dim": code_dim, "beta": beta, "ema": ema, "decay": decay,
+                 "epsilon": epsilon, "kmeans_init": kmeans_init, "kmeans_iters": kmeans_iters,
+                 "restart_threshold": restart_threshold, "cosine": cosine, "codebook_dim": codebook_dim,
+                 "rotation_trick": rotation_trick}
+        self.layers = nn.ModuleList(VectorQuantizer(**level) for _ in range(num_quantizers))
 
     @property
     def codebook_size(self) -> int:
