@@ -7,8 +7,12 @@ minimal hand-written EMA quantizer.
 | vq | ``VectorQuantizer(512, 64)`` (EMA, straight-through) | ``VectorQuantize(rotation_trick=False)`` |
 | vq_rotation | ``VectorQuantizer(512, 64, rotation_trick=True)`` | ``VectorQuantize(rotation_trick=True)`` |
 | fsq | ``FSQ([8, 5, 5, 5], code_dim=64)`` | ``FSQ([8, 5, 5, 5], dim=64)`` |
+| fsq4 | ``FSQ([8, 5, 5, 5])`` on ``(128, 4, 16, 16)`` (no projection) | ``FSQ([8, 5, 5, 5])`` on ``(128, 256, 4)`` |
 | lfq | ``LFQ(1024, code_dim=64)`` (entropy 0.1, commitment 0.25, temperature 0.01) | ``LFQ`` with the same |
 | rvq | ``ResidualVQ(4, 512, 64)`` (EMA) | ``ResidualVQ(num_quantizers=4, codebook_size=512)`` |
+
+Every pair runs on input ``128x64x8x8`` except ``fsq4``, where each library gets the same 128 x 16 x 16 grid of
+4-dimensional vectors in its own natural layout (ours channel-first, vector-quantize-pytorch channel-last).
 
 Repetitions are interleaved (each round times every implementation once, in turn), so load changes on a shared
 machine hit all alike; we report medians of the per-round times and the ratio vector-quantize-pytorch / ours
@@ -66,6 +70,8 @@ class MinimalEMAQuantizer(nn.Module):
 
 def ours(name: str) -> nn.Module:
     """Our quantizer of pair ``name``."""
+    if name == "fsq4":
+        return FSQ([8, 5, 5, 5])
     if name == "fsq":
         return FSQ([8, 5, 5, 5], code_dim=D)
     if name == "lfq":
@@ -79,6 +85,8 @@ def theirs(name: str) -> nn.Module:
     """vector-quantize-pytorch's counterpart of pair ``name``, with the same settings."""
     import vector_quantize_pytorch as vqp
 
+    if name == "fsq4":
+        return vqp.FSQ([8, 5, 5, 5])
     if name == "fsq":
         return vqp.FSQ([8, 5, 5, 5], dim=D, channel_first=True)
     if name == "lfq":
@@ -112,7 +120,7 @@ def step_fn(name: str, implementation: str, device: torch.device) -> Callable[[t
 
         def run(z: torch.Tensor) -> None:
             out = counterpart(z.flatten(2).transpose(1, 2) if name == "rvq" else z)
-            if name == "fsq":  # (quantized, indices): no loss
+            if name.startswith("fsq"):  # (quantized, indices): no loss
                 out[0].sum().backward()
             else:  # (quantized, indices, loss[, ...])
                 (out[0].sum() + out[2].sum()).backward()
@@ -120,7 +128,18 @@ def step_fn(name: str, implementation: str, device: torch.device) -> Callable[[t
     return run
 
 
-PAIRS = ("vq", "vq_rotation", "fsq", "lfq", "rvq")
+PAIRS = ("vq", "vq_rotation", "fsq", "fsq4", "lfq", "rvq")
+
+
+def inputs(name: str, implementation: str, device: torch.device) -> torch.Tensor:
+    """The input of pair ``name`` for ``implementation`` (the same values for both libraries of a pair)."""
+    gen = torch.Generator().manual_seed(0)
+    if name == "fsq4":  # one grid of 4-d vectors: (B, 4, 16, 16) for us, (B, 256, 4) for them
+        z = torch.randn(128, 4, 16, 16, generator=gen)
+        z = z.flatten(2).transpose(1, 2).contiguous() if implementation == "vector-quantize-pytorch" else z
+    else:
+        z = torch.randn(128, D, 8, 8, generator=gen)
+    return z.to(device).requires_grad_(True)
 IMPLEMENTATIONS = ("ours", "vector-quantize-pytorch", "minimal")
 
 
@@ -151,32 +170,39 @@ def main() -> None:
             if impl in implementations]
     runs += [("vq", "minimal")] if "vq" in args.pairs and "minimal" in implementations else []
     fns = {run: step_fn(*run, device) for run in runs}
-    z = torch.randn(128, D, 8, 8, device=device, requires_grad=True)
-    for fn in fns.values():  # warm-up
+    zs = {run: inputs(*run, device) for run in runs}
+    for run, fn in fns.items():  # warm-up
         for _ in range(3):
-            fn(z)
+            fn(zs[run])
     times: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
     for _ in range(args.rounds):
         for run in runs:
             sync(device)
             start = time.perf_counter()
             for _ in range(args.iters):
-                fns[run](z)
+                fns[run](zs[run])
             sync(device)
             times[run].append((time.perf_counter() - start) / args.iters * 1e3)
     med = {run: statistics.median(t) for run, t in times.items()}
     nan = float("nan")
     ratios = {pair: med.get((pair, "vector-quantize-pytorch"), nan) / med.get((pair, "ours"), nan)
               for pair in args.pairs}
-    print("| quantizer | ours ms | vector-quantize-pytorch ms | vqp / ours |\n| --- | --- | --- | --- |")
+    per_round = {pair: sorted(a / b for a, b in zip(times.get((pair, "vector-quantize-pytorch"), []),
+                                                     times.get((pair, "ours"), []), strict=False))
+                 for pair in args.pairs}
+    print("| quantizer | ours ms | vector-quantize-pytorch ms | vqp / ours (median) | per-round ratio, 10th-90th "
+          "percentile |\n| --- | --- | --- | --- | --- |")
     for pair in args.pairs:
-        print(f"| {pair} | {med.get((pair, 'ours'), nan):.2f} | {med.get((pair, 'vector-quantize-pytorch'), nan):.2f} "
-              f"| {ratios[pair]:.2f} |")
+        spread = per_round[pair]
+        low, high = (spread[len(spread) // 10], spread[(9 * len(spread)) // 10]) if spread else (nan, nan)
+        print(f"| {pair} | {med.get((pair, 'ours'), nan):.3f} | "
+              f"{med.get((pair, 'vector-quantize-pytorch'), nan):.3f} | {ratios[pair]:.2f} | {low:.2f}-{high:.2f} |")
     if ("vq", "minimal") in med and ("vq", "ours") in med:
         print(f"minimal EMA quantizer: {med['vq', 'minimal']:.2f} ms; ours / minimal = "
               f"{med['vq', 'ours'] / med['vq', 'minimal']:.2f}x")
     result = {"ms_median": {f"{pair}/{impl}": value for (pair, impl), value in med.items()},
-              "vqp_over_ours": ratios, "device": str(device), "threads": args.threads, "rounds": args.rounds,
+              "vqp_over_ours": ratios, "per_round_vqp_over_ours": per_round, "device": str(device),
+              "threads": args.threads, "rounds": args.rounds,
               "iters": args.iters, "torch": torch.__version__}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)

@@ -63,13 +63,17 @@ class Quantizer(Configurable, nn.Module):
         """Code indices (the shape of :attr:`QuantizerOutput.indices`) -> codes ``(B, code_dim, *spatial)``."""
         raise NotImplementedError(f"{type(self).__name__} must define indices_to_codes")
 
-    def flatten(self, z: torch.Tensor) -> torch.Tensor:
-        """``(B, code_dim, *spatial)`` or ``(N, code_dim)`` -> fp32 rows ``(N, code_dim)``; a clear error when the
-        channel dimension is not ``code_dim``."""
+    def check_channels(self, z: torch.Tensor) -> torch.Tensor:
+        """``z``, after a clear error when its channel dimension (1) is not ``code_dim``."""
         if z.ndim < 2 or z.shape[1] != self.code_dim:
             raise ValueError(f"{type(self).__name__} expected input (B, {self.code_dim}, ...) with "
                              f"code_dim={self.code_dim} channels, got {tuple(z.shape)}")
-        return z.float().movedim(1, z.ndim - 1).reshape(-1, self.code_dim)  # non-negative dims: see below
+        return z
+
+    def flatten(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, code_dim, *spatial)`` or ``(N, code_dim)`` -> fp32 rows ``(N, code_dim)``; a clear error when the
+        channel dimension is not ``code_dim``."""
+        return self.check_channels(z).float().movedim(1, z.ndim - 1).reshape(-1, self.code_dim)  # dims >= 0: see below
 
     @staticmethod
     def unflatten(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -58,14 +58,31 @@ class FSQ(Quantizer):
     def codebook_size(self) -> int:
         return math.prod(self.levels)
 
+    @staticmethod
+    def along_channels(buffer: torch.Tensor, ndim: int) -> torch.Tensor:
+        """A per-level buffer ``(d,)`` shaped to broadcast along dimension 1 of an ``ndim``-dimensional input
+        (``(d,)`` for rows ``(N, d)``, ``(d, 1, 1)`` for ``(B, d, h, w)``)."""
+        return buffer.view(-1, *([1] * (ndim - 2)))
+
     def bound(self, z: torch.Tensor) -> torch.Tensor:
-        """``f(z)``: each channel squashed into an open interval that holds exactly ``L`` integers."""
-        return torch.tanh(z + self._shift) * self._half - self._offset
+        """``f(z)``: each channel (dimension 1) squashed into an open interval that holds exactly ``L`` integers."""
+        shift, half, offset = (self.along_channels(b, z.ndim) for b in (self._shift, self._half, self._offset))
+        return torch.tanh(z + shift) * half - offset
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """Rows ``(N, len(levels))`` -> normalised codes in ``[-1, 1]``, rounded with a straight-through gradient."""
+        """``(N, d)`` rows or ``(B, d, *spatial)`` -> normalised codes in ``[-1, 1]``, rounded with a
+        straight-through gradient."""
+        return self.quantize_with_digits(z)[0]
+
+    def quantize_with_digits(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`quantize`, and the index of every position ``(N,)`` / ``(B, *spatial)`` from the same rounding
+        (the digits ``round(f(z)) + floor(L/2)`` in mixed radix), without a second pass over the codes."""
+        half_width = self.along_channels(self._half_width, z.ndim)
         bounded = self.bound(z)
-        return straight_through(bounded, bounded.round()) / self._half_width
+        rounded = bounded.round()
+        digits = (rounded.detach() + half_width).long()
+        indices = (digits * self.along_channels(self._basis, z.ndim)).sum(1)
+        return straight_through(bounded, rounded) / half_width, indices
 
     def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
         """Normalised codes ``(..., len(levels))`` -> mixed-radix indices ``(...)``."""
@@ -85,11 +102,15 @@ class FSQ(Quantizer):
         """Quantizes ``z`` ``(B, code_dim, *spatial)`` or ``(N, code_dim)``; ``update`` is accepted for the common
         interface (FSQ has no state to update). All losses are zero (FSQ needs none)."""
         with torch.autocast(z.device.type, enabled=False):
-            codes = self.quantize(self.project_in(self.flatten(z)))  # (N, d) fp32
-            indices = self.codes_to_indices(codes.detach())
-            quantized = self.project_out(codes)
+            if isinstance(self.project_in, nn.Identity):  # elementwise per channel: in place, no transposes
+                # codes (B, d, *spatial), indices (B, *spatial)
+                codes, indices = self.quantize_with_digits(self.check_channels(z).float())
+                quantized = codes.to(z.dtype)
+            else:  # the projections are linear maps of each position's vector: rows (N, code_dim)
+                codes, rows = self.quantize_with_digits(self.project_in(self.flatten(z)))  # (N, d), (N,)
+                quantized, indices = self.unflatten(self.project_out(codes), z), self.rows_to_index_grid(rows, z)
         zero = quantized.new_zeros(())
-        return QuantizerOutput(self.unflatten(quantized, z), self.rows_to_index_grid(indices, z), zero, zero, zero,
+        return QuantizerOutput(quantized, indices, zero, zero, zero,
                                perplexity_of_counts(count_codes(indices, self.codebook_size)), {})
 
     def extra_repr(self) -> str:
