@@ -8,7 +8,9 @@ optimizer and batch size). Runs alternate between the two in one run; medians ar
     # where a step's time goes (cProfile of the Trainer.fit path, our code vs Lightning's)
     python benchmarks/throughput.py --profile 300
 
-``--model ae`` (default) is the issue-2 benchmark: its loop is written out by hand (encoder, decoder, BCE). With
+``--model ae`` (default) is the issue-2 benchmark: its loop is written out by hand (encoder, decoder, BCE);
+``--model tiny`` the same with a 784-16-2-16-784 MLP, whose step is almost all fixed cost (the per-step overheads
+in microseconds are then least buried in the noise of the arithmetic). With
 ``--model vae`` / ``--model vqvae`` the loop calls our ``loss_terms`` directly, so the ratio is the cost of
 Lightning and our step around the same loss. Floor (issue 2): ours >= 0.90 x the loop; target (issue 14): >= 0.95
 at batch 128 on a quiet machine.
@@ -31,8 +33,13 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
 from lightning_ae import VAE, VQVAE, Autoencoder, AutoencoderBase, MNISTDataModule, VectorQuantizer
+from lightning_ae.nets import MLPDecoder, MLPEncoder
 
 MODELS = {"ae": lambda **kw: Autoencoder(recon_loss="bce", **kw), "vae": lambda **kw: VAE(**kw),
+          # a 784-16-2-16-784 MLP: a step is mostly fixed per-step costs (the Trainer's, our step's, the loader's)
+          "tiny": lambda **kw: Autoencoder(recon_loss="bce", latent_dim=2,
+                                           encoder=MLPEncoder(out_dim=2, hidden_dims=(16,)),
+                                           decoder=MLPDecoder(latent_dim=2, hidden_dims=(16,)), **kw),
           "vqvae": lambda **kw: VQVAE(latent_dim=16, quantizer=VectorQuantizer(128, 16), hidden_channels=64,
                                       res_channels=32, **kw)}
 
@@ -80,7 +87,7 @@ class BareModule(LightningModule):
 
     def __init__(self, model: AutoencoderBase, args: argparse.Namespace) -> None:
         super().__init__()
-        self.model, self.ae = model, args.model == "ae"
+        self.model, self.ae = model, args.model in ("ae", "tiny")
 
     def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
         if self.ae:
@@ -135,7 +142,7 @@ def loop_epoch(images: torch.Tensor, model: AutoencoderBase, args: argparse.Name
     seen = 0
     for x in batches(images, args.batch_size, args.steps, device):
         with autocast:
-            if args.model == "ae":
+            if args.model in ("ae", "tiny"):
                 loss = F.binary_cross_entropy_with_logits(decoder(encoder(x)), x)
             else:
                 loss = model.loss_terms(x, "train").loss
@@ -211,8 +218,18 @@ def report(args: argparse.Namespace, n_images: int, runs: dict[str, list[tuple[f
             result[f"ratio_{name.replace('/', '_')}_{key}"] = ratio
             print(f"ratio {name} ({clock}): {ratio:.3f} (run by run {paired[0]:.3f} .. {paired[-1]:.3f})")
     result["ratio_wall_clock"] = result["ratio_ours_loop_wall_clock"]  # the issue-2/14 figure
-    print("floor ours/loop 0.90 (issue 2), target 0.95 (issue 14); bare/loop is Lightning's own cost, step/bare our "
-          "step's, ours/step our datamodule's")
+    step_us = {key: statistics.median(args.batch_size / r[0] * 1e6 for r in runs[key]) for key in RUNS}
+    result["step_us_wall_clock"] = step_us
+    print("per step (wall clock, median): " + ", ".join(f"{key} {us:,.0f} us" for key, us in step_us.items()))
+    for name, num, den in (("bare - loop (Lightning)", "bare", "loop"), ("step - bare (our step)", "step", "bare"),
+                           ("ours - bare (our step + datamodule)", "ours", "bare")):
+        paired = sorted(args.batch_size * (1 / a[0] - 1 / b[0]) * 1e6 for a, b in zip(runs[num], runs[den],
+                                                                                        strict=True))
+        result[f"overhead_us_{num}_{den}"] = statistics.median(paired)
+        print(f"overhead {name}: {statistics.median(paired):,.0f} us per step (run by run {paired[0]:,.0f} .. "
+              f"{paired[-1]:,.0f})")
+    print("floors: ours/loop >= 0.90 at batch 128, ours - bare <= 100 us per step; bare/loop is Lightning's own cost, "
+          "step/bare our step's, ours/step our datamodule's")
     return result
 
 

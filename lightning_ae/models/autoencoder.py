@@ -39,7 +39,7 @@ class Autoencoder(AutoencoderBase):
         z = self.encode(x_in)
         decoded = self.decode(z)
         recon = reconstruction_loss(decoded, target, self.recon_loss)
-        return z, LossOutput(recon, self.output_to_image(decoded), {"recon": recon})
+        return z, LossOutput(recon, lambda: self.output_to_image(decoded), {"recon": recon})
 
     def loss_terms(self, x: torch.Tensor, stage: Stage) -> LossOutput:
         return self.reconstruct_from(x, x)[1]

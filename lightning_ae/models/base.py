@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
@@ -82,23 +81,31 @@ def logs_this_step(module: LightningModule) -> bool:
 Stage = Literal["train", "val", "test"]
 
 
-@dataclass
 class LossOutput:
     """What a variant's :meth:`AutoencoderBase.loss_terms` returns.
 
     Attributes:
         loss: the scalar that is minimised (logged as ``{stage}/loss``).
         reconstruction: the reconstructed images ``(B, C, H, W)`` in ``pixel_range`` (scored by the val/test
-            metrics); detached here, so whoever keeps it (a callback, a user's loop) keeps no autograd graph.
+            metrics), detached, so whoever keeps it (a callback, a user's loop) keeps no autograd graph. It may be
+            given as a function of no arguments: it is then computed (without gradient) the first time it is read,
+            so a training step, which never reads it, does not pay for turning logits into images.
         terms: other scalars logged as ``{stage}/<name>`` (loss components, diagnostics).
     """
 
-    loss: torch.Tensor
-    reconstruction: torch.Tensor
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    def __init__(self, loss: torch.Tensor, reconstruction: torch.Tensor | Callable[[], torch.Tensor],
+                 terms: dict[str, torch.Tensor] | None = None) -> None:
+        self.loss = loss
+        self.terms = dict(terms or {})
+        self._reconstruction = reconstruction if callable(reconstruction) and not isinstance(
+            reconstruction, torch.Tensor) else reconstruction.detach()
 
-    def __post_init__(self) -> None:
-        self.reconstruction = self.reconstruction.detach()
+    @property
+    def reconstruction(self) -> torch.Tensor:
+        if not isinstance(self._reconstruction, torch.Tensor):
+            with torch.no_grad():
+                self._reconstruction = self._reconstruction().detach()
+        return self._reconstruction
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         """``{"loss": loss, **terms}``."""

@@ -125,7 +125,7 @@ class VAE(AutoencoderBase):
         terms = {"elbo": -(recon + kl), "recon": recon, "kl": kl}
         if stage == "train":
             terms["kl_weight"] = torch.tensor(weight, device=recon.device)
-        return LossOutput(recon + weight * kl_in_loss, self.output_to_image(output), terms)
+        return LossOutput(recon + weight * kl_in_loss, lambda: self.output_to_image(output), terms)
 
     def log_likelihood(self, x: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
         """Importance-weighted estimate of ``log p(x)`` in nats per image, ``(B,)`` (Burda et al. 2015, eq. 8).
