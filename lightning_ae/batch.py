@@ -8,11 +8,14 @@ True
 [3, 4]
 >>> check_image_shape([3, 32, 32])
 (3, 32, 32)
+>>> Batch.of((x, torch.tensor([3, 4]))).labels.tolist()
+[3, 4]
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,6 +44,25 @@ def extract_labels(batch: Any) -> torch.Tensor | None:
     if isinstance(batch, Sequence) and not isinstance(batch, torch.Tensor) and len(batch) > 1:
         return batch[1] if isinstance(batch[1], torch.Tensor) else None
     return None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch as a variant sees it (``AutoencoderBase.batch_loss``): the images and, when the data has them, the
+    labels.
+
+    Attributes:
+        images: ``(B, C, H, W)`` float images in the model's ``pixel_range``.
+        labels: ``(B,)`` class indices, or None.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, batch: Any) -> Batch:
+        """The :class:`Batch` of a tensor, tuple/list or mapping batch (see :func:`extract_images`)."""
+        return batch if isinstance(batch, Batch) else cls(extract_images(batch), extract_labels(batch))
 
 
 def check_image_shape(image_shape: Sequence[int]) -> ImageShape:

@@ -79,7 +79,7 @@ def test_lfq_terms_are_logged_as_loss_terms(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(model, "log_dict", lambda values, **kwargs: logged.update(values))
     model.validation_step(x, 0)
     assert {"val/entropy_penalty", "val/per_sample_entropy", "val/codebook_entropy", "val/commitment"} <= set(logged)
-    assert isinstance(model.train_codebook_usage, CodebookUsage) and model.train_codebook_usage.num_codes == 16
+    assert isinstance(model.codebook_usage("train"), CodebookUsage) and model.codebook_usage("train").num_codes == 16
 
 
 def test_a_given_quantizer_is_checked() -> None:

@@ -2,8 +2,11 @@
 :func:`~lightning_ae.nets.default_networks`), ``encode`` / ``decode`` / ``forward``, one step for train, val and
 test with its logging and metrics, interpolation, prediction and the optimizers.
 
-A variant adds its loss (:meth:`AutoencoderBase.loss_terms`, returning a :class:`LossOutput`), builds its networks
-with :meth:`AutoencoderBase.init_networks`, and overrides ``encode`` / ``decode`` / epoch hooks where it differs.
+A variant adds its loss (:meth:`AutoencoderBase.loss_terms` on the images, or :meth:`AutoencoderBase.batch_loss`
+on the whole :class:`~lightning_ae.batch.Batch` for a variant that reads the labels, returning a
+:class:`LossOutput`), builds its networks with :meth:`AutoencoderBase.init_networks`, declares the metrics it keeps
+per stage once (:meth:`AutoencoderBase.declare_metric`: the base resets, updates, reduces and logs them), and
+overrides ``encode`` / ``decode`` where it differs. No variant overrides a step.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import MeanSquaredError, MetricCollection
+from torchmetrics import MeanSquaredError, Metric, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from lightning_ae.batch import check_image_shape, extract_images, extract_labels
+from lightning_ae.batch import Batch, check_image_shape
+from lightning_ae.distributed import log_global
 from lightning_ae.graphs import FunctionModule, Graph, output_shape, random_images
 from lightning_ae.nets import Network, check_network, default_networks
 from lightning_ae.pretrained import PretrainedMixin, describe_parts
@@ -79,6 +83,8 @@ def logs_this_step(module: LightningModule) -> bool:
 
 
 Stage = Literal["train", "val", "test"]
+MetricUpdate = Callable[[Metric, Batch, "LossOutput"], None]
+"""``update(metric, batch, loss_output)``: how a declared metric reads one step (see ``declare_metric``)."""
 
 
 class LossOutput:
@@ -91,12 +97,15 @@ class LossOutput:
             given as a function of no arguments: it is then computed (without gradient) the first time it is read,
             so a training step, which never reads it, does not pay for turning logits into images.
         terms: other scalars logged as ``{stage}/<name>`` (loss components, diagnostics).
+        latent: the batch's code as the loss computed it (a VAE's posterior mean), detached, for the metrics that
+            need it (active units) without encoding the batch a second time; None if the variant gives none.
     """
 
     def __init__(self, loss: torch.Tensor, reconstruction: torch.Tensor | Callable[[], torch.Tensor],
-                 terms: dict[str, torch.Tensor] | None = None) -> None:
+                 terms: dict[str, torch.Tensor] | None = None, latent: torch.Tensor | None = None) -> None:
         self.loss = loss
         self.terms = dict(terms or {})
+        self.latent = None if latent is None else latent.detach()
         self._reconstruction = reconstruction if callable(reconstruction) and not isinstance(
             reconstruction, torch.Tensor) else reconstruction.detach()
 
@@ -183,6 +192,8 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
                                     prefix=f"{stage}/")
             for stage in ("val", "test")
         })
+        self.stage_metrics = nn.ModuleDict()  # "<stage>_<name>" -> Metric, filled by declare_metric
+        self._metric_updates: dict[str, tuple[MetricUpdate, tuple[Stage, ...]]] = {}
 
     def init_networks(self, **default_options: Any) -> None:
         """Builds the encoder and decoder that were not given to ``__init__``:
@@ -268,6 +279,46 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
         """The variant's loss on images ``x`` (a pure function of the batch and the model)."""
         raise NotImplementedError(f"{type(self).__name__} must implement loss_terms")
 
+    def batch_loss(self, batch: Batch, stage: Stage) -> LossOutput:
+        """The variant's loss on a :class:`~lightning_ae.batch.Batch` (images and labels): what every step calls.
+        By default :meth:`loss_terms` of the images; a variant that reads the labels overrides this instead."""
+        return self.loss_terms(batch.images, stage)
+
+    def declare_metric(self, name: str, make: Callable[[], Metric], update: MetricUpdate,
+                       stages: tuple[Stage, ...] = ("val",)) -> None:
+        """Keeps one ``make()`` metric per stage of ``stages``: each step of the stage calls ``update(metric,
+        batch, loss_output)``; each epoch of the stage starts with it reset and ends with its ``compute()`` (summed
+        over DDP ranks by the metric's states) logged as ``{stage}/<name>`` (``{stage}/<name>_<key>`` for a dict),
+        on every rank."""
+        for stage in stages:
+            self.stage_metrics[f"{stage}_{name}"] = make()
+        self._metric_updates[name] = (update, tuple(stages))
+
+    def stage_metric(self, stage: Stage, name: str) -> Metric:
+        """The ``name`` metric of ``stage`` (see :meth:`declare_metric`)."""
+        return self.stage_metrics[f"{stage}_{name}"]
+
+    def _update_stage_metrics(self, stage: Stage, batch: Batch, out: LossOutput) -> None:
+        for name, (update, stages) in self._metric_updates.items():
+            if stage in stages:
+                update(self.stage_metric(stage, name), batch, out)
+
+    def _log_stage_metrics(self, stage: Stage) -> None:
+        for name, (_, stages) in self._metric_updates.items():
+            metric = self.stage_metric(stage, name) if stage in stages else None
+            if metric is None:
+                continue
+            if metric.update_count:  # compute() reduces the states over the ranks: every rank runs it
+                value = metric.compute()
+                log_global(self, {f"{stage}/{name}_{k}": v for k, v in value.items()} if isinstance(value, dict)
+                           else {f"{stage}/{name}": value})
+            metric.reset()
+
+    def _reset_stage_metrics(self, stage: Stage) -> None:
+        for name, (_, stages) in self._metric_updates.items():
+            if stage in stages:
+                self.stage_metric(stage, name).reset()
+
     def check_images(self, x: Any) -> torch.Tensor:
         """Raises a clear error when ``x`` is not a float ``(B, *image_shape)`` tensor."""
         if not isinstance(x, torch.Tensor):
@@ -284,14 +335,22 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
             )
         return x
 
-    def _step(self, batch: Any, stage: Stage) -> tuple[torch.Tensor, LossOutput]:
-        x = self.check_images(extract_images(batch))
-        out = self.loss_terms(x, stage)
+    def batch_of(self, batch: Any) -> Batch:
+        """The :class:`~lightning_ae.batch.Batch` of a raw batch, its images checked (:meth:`check_images`)."""
+        batch = Batch.of(batch)
+        self.check_images(batch.images)
+        return batch
+
+    def _step(self, raw: Any, stage: Stage) -> tuple[torch.Tensor, LossOutput]:
+        batch = self.batch_of(raw)
+        x = batch.images
+        out = self.batch_loss(batch, stage)
         logs = stage != "train" or logs_this_step(self)
         if logs:  # the finiteness check syncs with the host: only on the steps that log
             check_finite(out, stage, self.global_step)
             self.log_dict({f"{stage}/{k}": v for k, v in out.logged().items()}, on_step=stage == "train",
                           on_epoch=stage != "train", sync_dist=stage != "train", batch_size=x.shape[0])
+        self._update_stage_metrics(stage, batch, out)
         if stage != "train":
             metrics = self.metrics[stage]
             metrics.update(out.reconstruction.detach().clamp(*self.pixel_range).contiguous(), x.contiguous())
@@ -301,9 +360,20 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.metrics["val"].reset()  # re-created in the loop's grad mode: an earlier trainer.validate() ran
         # under inference mode, and its states could not be updated in place under no_grad
+        self._reset_stage_metrics("val")
 
     def on_test_epoch_start(self) -> None:
         self.metrics["test"].reset()
+        self._reset_stage_metrics("test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_stage_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_stage_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_stage_metrics("test")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")[1].loss
@@ -314,14 +384,21 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test")[1].loss
 
+    def encode_batch(self, batch: Batch) -> torch.Tensor:
+        """The code of a batch's images (a conditional variant also reads its labels): :meth:`encode`."""
+        return self.encode(batch.images)
+
+    def decode_batch(self, z: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The decoder output of codes ``z`` of ``batch`` (a conditional variant also reads its labels)."""
+        return self.decode(z)
+
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         """Returns ``{"latent", "reconstruction"}`` (and ``"label"`` when the batch has labels)."""
-        x = self.check_images(extract_images(batch))
-        z = self.encode(x)
-        out = {"latent": z, "reconstruction": self.output_to_image(self.decode(z))}
-        labels = extract_labels(batch)
-        if labels is not None:
-            out["label"] = labels
+        batch = self.batch_of(batch)
+        z = self.encode_batch(batch)
+        out = {"latent": z, "reconstruction": self.output_to_image(self.decode_batch(z, batch))}
+        if batch.labels is not None:
+            out["label"] = batch.labels
         return out
 
     # ---- checkpoints: the random streams, for an exact resume (lightning_ae.resume) ---------------------------

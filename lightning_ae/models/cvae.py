@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_ae.batch import extract_images, extract_labels
-from lightning_ae.distributions import DiagonalGaussian
+from lightning_ae.batch import Batch
+from lightning_ae.distributions import DiagonalGaussian, importance_weighted_log_likelihood
 from lightning_ae.graphs import FunctionModule, Graph, random_images
+from lightning_ae.models.base import LossOutput, Stage
 from lightning_ae.models.vae import VAE
 from lightning_ae.nets import default_networks
 
@@ -31,7 +33,9 @@ class ConditionalVAE(VAE):
     PyTorch-VAE's CVAE); the decoder reads ``[z, one_hot(y)]``, ``latent_dim + num_classes`` features. The loss
     is the VAE's (Sohn et al. 2015, eq. 4), ``test/nll`` estimates ``log p(x|y)``. Training, validation, test and
     prediction batches must carry labels (``(images, labels)`` or ``{"image", "label"}``, as all our
-    datamodules give); outside a step, pass ``labels`` or use ``with model.conditioned_on(labels):``.
+    datamodules give): the steps read them from the :class:`~lightning_ae.batch.Batch` (:meth:`batch_loss`,
+    :meth:`encode_batch`, :meth:`decode_batch`). Outside a step, pass ``labels``, or use
+    ``with model.conditioned_on(labels):`` for the label-less methods (``forward``, ``encode``, ``interpolate``).
 
     Args:
         **kwargs: the arguments of :class:`VAE`; ``num_classes`` (linked from the datamodule by the CLI) is
@@ -130,22 +134,33 @@ class ConditionalVAE(VAE):
                   ("images",)),
         ]
 
-    # ---- every step reads the batch's labels ------------------------------------------------------------------
-    def _batch_labels(self, batch: Any) -> torch.Tensor:
-        return self.check_labels(extract_labels(batch), extract_images(batch).shape[0])
+    # ---- the steps read the batch's labels ------------------------------------------------------------------
+    def batch_labels(self, batch: Batch) -> torch.Tensor:
+        """The checked labels of ``batch`` (an error naming what is wrong when it has none or bad ones)."""
+        return self.check_labels(batch.labels, batch.images.shape[0])
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        with self.conditioned_on(self._batch_labels(batch)):
-            return super().training_step(batch, batch_idx)
+    def batch_loss(self, batch: Batch, stage: Stage) -> LossOutput:
+        """The conditional negative ELBO (Sohn et al. 2015, eq. 4) with ``q(z|x, y)`` and ``p(x|z, y)``; in a test
+        step also the importance-weighted ``-log p(x|y)`` (``nll``, ``bpd``)."""
+        y = self.batch_labels(batch)
+        out = self.gaussian_elbo(batch.images, self.posterior(batch.images, y), partial(self.decode, labels=y), stage)
+        if stage == "test":
+            out.terms.update(self.nll_terms(-self.log_likelihood(batch.images, labels=y)))
+        return out
 
-    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        with self.conditioned_on(self._batch_labels(batch)):
-            return super().validation_step(batch, batch_idx)
+    def log_likelihood(self, x: torch.Tensor, num_samples: int | None = None, labels: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """Importance-weighted ``log p(x|y)`` in nats per image ``(B,)`` (as :meth:`VAE.log_likelihood`), the labels
+        given or those of :meth:`conditioned_on`."""
+        y = self.check_labels(labels, x.shape[0])
+        q, decode = self.posterior(x, y), partial(self.decode, labels=y)  # each image's samples with its label
+        return importance_weighted_log_likelihood(lambda n: self.log_weights(x, q, q.rsample((n,)), decode),
+                                                  num_samples or self.iw_samples, self.iw_batch)
 
-    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        with self.conditioned_on(self._batch_labels(batch)):
-            return super().test_step(batch, batch_idx)
+    def encode_batch(self, batch: Batch) -> torch.Tensor:
+        """The posterior mean of ``q(z|x, y)`` of the batch."""
+        return self.posterior(batch.images, self.batch_labels(batch)).mode()
 
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
-        with self.conditioned_on(self._batch_labels(batch)):
-            return super().predict_step(batch, batch_idx, dataloader_idx)
+    def decode_batch(self, z: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """``p(x|z, y)``'s parameters for codes ``z`` of the batch."""
+        return self.decode(z, self.batch_labels(batch))

@@ -82,7 +82,7 @@ class IWAE(VAE):
             output = self.decode(q.mode())
         terms = {"iw_bound": bound.mean().detach(), "elbo": log_w.mean().detach(),
                  "recon": self.reconstruction_nll(output, x).mean().detach()}
-        return LossOutput(loss, lambda: self.output_to_image(output), terms)
+        return LossOutput(loss, lambda: self.output_to_image(output), terms, q.mean)
 
 
 def dreg_surrogate(log_w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

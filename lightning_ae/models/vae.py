@@ -4,11 +4,12 @@ Loss = recon NLL + beta * KL (Kingma & Welling 2014, eq. 10, negated), in nats p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from lightning_ae.distributed import log_global
+from lightning_ae.batch import Batch
 from lightning_ae.distributions import (
     DiagonalGaussian,
     Likelihood,
@@ -28,8 +29,9 @@ class VAE(AutoencoderBase):
     """Variational autoencoder (Kingma & Welling 2014) with a diagonal Gaussian posterior.
 
     The encoder outputs ``2 * latent_dim`` features, the mean and log-variance of ``q(z|x)``. ``encode`` returns
-    the posterior mean, so ``forward`` and ``predict_step`` are deterministic. Evaluation runs from the step hooks:
-    ``val/active_units`` and the importance-weighted ``test/nll`` and ``test/bpd`` (Burda et al. 2015).
+    the posterior mean, so ``forward`` and ``predict_step`` are deterministic. Evaluation: ``val/active_units`` (a
+    declared stage metric, fed the posterior means the loss computed) and the importance-weighted ``test/nll`` and
+    ``test/bpd`` (Burda et al. 2015), terms of the test step's loss (:meth:`batch_loss`).
 
     Args:
         likelihood: ``p(x|z)``: ``bernoulli`` (logits; binarized images, ``pixel_range`` (0, 1)), ``gaussian`` or
@@ -72,7 +74,19 @@ class VAE(AutoencoderBase):
         self.beta, self.kl_warmup_steps, self.free_bits, self.iw_samples = beta, kl_warmup_steps, free_bits, iw_samples
         self.iw_batch = iw_batch
         self.init_networks(encoder_out_mult=2, decoder_out_mult=self.pixel_likelihood.channels_per_pixel)
-        self.active_units = ActiveUnits(self.latent_dim, active_threshold)
+        self.active_threshold = active_threshold
+        self.declare_metric("active_units", self._new_active_units, self._update_active_units, stages=("val",))
+
+    def _new_active_units(self) -> ActiveUnits:
+        return ActiveUnits(self.latent_dim, self.active_threshold)
+
+    def _update_active_units(self, metric: ActiveUnits, batch: Batch, out: LossOutput) -> None:
+        metric.update(out.latent if out.latent is not None else self.posterior(batch.images).mean)
+
+    @property
+    def active_units(self) -> ActiveUnits:
+        """The validation :class:`ActiveUnits` metric of the current epoch."""
+        return self.stage_metric("val", "active_units")  # type: ignore[return-value]
 
     def posterior(self, x: torch.Tensor) -> DiagonalGaussian:
         """``q(z|x)`` of images ``(B, C, H, W)``: a :class:`DiagonalGaussian` over ``(B, latent_dim)``."""
@@ -109,23 +123,47 @@ class VAE(AutoencoderBase):
         Terms (nats per image, batch means): ``loss = recon + w * KL`` (``w`` from beta and warm-up, the KL
         floored per dimension by free bits), ``elbo = -(recon + KL)``, ``recon``, ``kl``; ``kl_weight`` in training.
         """
-        q = self.posterior(x)
-        output = self.decode(q.rsample())
+        return self.gaussian_elbo(x, self.posterior(x), self.decode, stage)
+
+    def gaussian_elbo(self, x: torch.Tensor, q: DiagonalGaussian, decode: Callable[[torch.Tensor], torch.Tensor],
+                      stage: Stage) -> LossOutput:
+        """The negative ELBO of images ``x`` with posterior ``q`` and decoder ``decode`` (a conditional VAE passes
+        its label-conditioned ones): one reparameterized sample, the analytic KL (eq. 10)."""
+        output = decode(q.rsample())
         recon = self.reconstruction_nll(output, x).mean()
         kl_per_dim = q.kl_per_dim()
         kl = kl_per_dim.sum(dim=1).mean()
         kl_in_loss = free_bits_kl(kl_per_dim, self.free_bits) if self.free_bits > 0 else kl
-        return self.elbo_output(output, recon, kl, kl_in_loss, stage)
+        return self.elbo_output(output, recon, kl, kl_in_loss, stage, q.mean)
 
     def elbo_output(self, output: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor, kl_in_loss: torch.Tensor,
-                    stage: Stage) -> LossOutput:
-        """``LossOutput(recon + w * kl_in_loss, mean image of output, {elbo, recon, kl[, kl_weight]})``, ``w``
-        being ``beta`` times the warm-up (:func:`kl_warmup_weight`) at the current optimizer step."""
+                    stage: Stage, latent: torch.Tensor | None = None) -> LossOutput:
+        """``LossOutput(recon + w * kl_in_loss, mean image of output, {elbo, recon, kl[, kl_weight]}, latent)``,
+        ``w`` being ``beta`` times the warm-up (:func:`kl_warmup_weight`) at the current optimizer step."""
         weight = kl_warmup_weight(self.global_step, self.kl_warmup_steps, self.beta)
         terms = {"elbo": -(recon + kl), "recon": recon, "kl": kl}
         if stage == "train":
             terms["kl_weight"] = torch.tensor(weight, device=recon.device)
-        return LossOutput(recon + weight * kl_in_loss, lambda: self.output_to_image(output), terms)
+        return LossOutput(recon + weight * kl_in_loss, lambda: self.output_to_image(output), terms, latent)
+
+    def batch_loss(self, batch: Batch, stage: Stage) -> LossOutput:
+        """The variant's loss; in a test step also ``nll`` and ``bpd``, the importance-weighted estimate of
+        ``-log p(x)`` (:meth:`likelihood_terms`)."""
+        out = super().batch_loss(batch, stage)
+        if stage == "test":
+            out.terms.update(self.likelihood_terms(batch))
+        return out
+
+    def likelihood_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """``{"nll", "bpd"}``: batch means of the importance-weighted ``-log p(x)`` with ``iw_samples`` samples,
+        in nats per image and bits per dimension."""
+        nll = -self.log_likelihood(batch.images)
+        return self.nll_terms(nll)
+
+    def nll_terms(self, nll: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"nll", "bpd"}`` of per-image NLLs ``(B,)`` in nats."""
+        bpd = bits_per_dim(nll, math.prod(self.image_shape), self.pixel_likelihood.bin_width(self.pixel_range))
+        return {"nll": nll.mean(), "bpd": bpd.mean()}
 
     def log_likelihood(self, x: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
         """Importance-weighted estimate of ``log p(x)`` in nats per image, ``(B,)`` (Burda et al. 2015, eq. 8).
@@ -141,10 +179,11 @@ class VAE(AutoencoderBase):
         """``log p(z)`` summed over the last dimension: ``N(0, I)`` here (the VampPrior overrides it)."""
         return standard_normal_log_prob(z)
 
-    def log_weights(self, x: torch.Tensor, q: DiagonalGaussian, z: torch.Tensor) -> torch.Tensor:
+    def log_weights(self, x: torch.Tensor, q: DiagonalGaussian, z: torch.Tensor,
+                    decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Log importance weights ``log p(x|z) + log p(z) - log q(z|x)`` of samples ``z`` ``(n, B, D)`` of ``q``
-        for images ``x`` ``(B, C, H, W)``: ``(n, B)`` nats."""
-        output = self.decode(z.flatten(0, 1)).unflatten(0, z.shape[:2])
+        for images ``x`` ``(B, C, H, W)``: ``(n, B)`` nats (``decode``: default :meth:`decode`)."""
+        output = (decode or self.decode)(z.flatten(0, 1)).unflatten(0, z.shape[:2])
         return -self.reconstruction_nll(output, x) + self.prior_log_prob(z) - q.log_prob(z)
 
     @torch.no_grad()
@@ -165,26 +204,3 @@ class VAE(AutoencoderBase):
         z = self.encode(self.check_images(x.reshape(1, *self.image_shape))).repeat(len(values), 1)
         z[:, dim] = values.to(z)
         return self.output_to_image(self.decode(z))
-
-    # ---- evaluation, from the step hooks -------------------------------------------------------------------------
-    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, out = self._step(batch, "val")
-        self.active_units.update(self.posterior(x).mean)
-        return out.loss
-
-    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, out = self._step(batch, "test")
-        nll = -self.log_likelihood(x)
-        bpd = bits_per_dim(nll, math.prod(self.image_shape), self.pixel_likelihood.bin_width(self.pixel_range))
-        self.log_dict({"test/nll": nll.mean(), "test/bpd": bpd.mean()}, on_step=False, on_epoch=True,
-                      sync_dist=True, batch_size=x.shape[0])
-        return out.loss
-
-    def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()
-        self.active_units.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        if self.active_units.update_called:  # compute() syncs the states over DDP ranks: every rank runs it
-            log_global(self, {"val/active_units": self.active_units.compute()})
-        self.active_units.reset()

@@ -91,7 +91,7 @@ class VampVAE(VAE):
         output = self.decode(z)
         recon = self.reconstruction_nll(output, x).mean()
         kl = (q.log_prob(z) - self.prior_log_prob(z)).mean()
-        return self.elbo_output(output, recon, kl, kl, stage)
+        return self.elbo_output(output, recon, kl, kl, stage, q.mean)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

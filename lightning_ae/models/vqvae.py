@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from lightning_ae.distributed import log_global
+from lightning_ae.batch import Batch
 from lightning_ae.graphs import FunctionModule, Graph, output_shape, random_images
 from lightning_ae.metrics import CodebookUsage
 from lightning_ae.models.base import AutoencoderBase, LossOutput, Stage
@@ -24,7 +24,7 @@ class VQVAE(AutoencoderBase):
     indices, for a prior over them (:class:`~lightning_ae.models.prior.PixelCNNPrior`). Logs ``{stage}/recon``,
     ``codebook``, ``commitment``, ``perplexity`` and the quantizer's own terms (LFQ's entropies) per batch and, per
     epoch, the :class:`CodebookUsage` of train, val and test (``{stage}/codebook_perplexity``,
-    ``codebook_used_fraction``, ``codebook_dead_codes``).
+    ``codebook_used_fraction``, ``codebook_dead_codes``), declared once as the stage metric ``codebook``.
 
     Args:
         latent_dim: code dimension ``D``.
@@ -66,8 +66,14 @@ class VQVAE(AutoencoderBase):
         self.quantizer = (VectorQuantizer(code_dim=latent_dim) if quantizer is None
                           else check_quantizer(quantizer, latent_dim))
         self.data_variance = data_variance
-        self.train_codebook_usage, self.val_codebook_usage, self.test_codebook_usage = (
-            CodebookUsage(self.quantizer.codebook_size, self.quantizer.indices_per_position) for _ in range(3))
+        self.declare_metric("codebook", self._new_codebook_usage, self._count_codes, stages=("train", "val", "test"))
+
+    def _new_codebook_usage(self) -> CodebookUsage:
+        return CodebookUsage(self.quantizer.codebook_size, self.quantizer.indices_per_position)
+
+    @staticmethod
+    def _count_codes(usage: CodebookUsage, batch: Batch, out: LossOutput) -> None:
+        usage.update(out.latent)  # the code indices of the step
 
     def quantize(self, z_e: torch.Tensor, update: bool = False) -> QuantizerOutput:
         """Quantizes ``z_e`` ``(B, D, h, w)``; ``update`` lets the batch change the codebook (training only)."""
@@ -98,42 +104,18 @@ class VQVAE(AutoencoderBase):
 
     def codebook_usage(self, stage: Stage) -> CodebookUsage:
         """The :class:`CodebookUsage` metric counting the codes of ``stage`` in the current epoch."""
-        return getattr(self, f"{stage}_codebook_usage")
+        return self.stage_metric(stage, "codebook")  # type: ignore[return-value]
 
     def loss_terms(self, x: torch.Tensor, stage: Stage) -> LossOutput:
         q = self.quantize(self.encode(x), update=stage == "train")
         x_hat = self.decoder(q.quantized)
         recon = F.mse_loss(x_hat, x)
-        self.codebook_usage(stage).update(q.indices)
         return LossOutput(recon / self.data_variance + q.loss, x_hat, {
             "recon": recon, "codebook": q.codebook_loss, "commitment": q.commitment_loss, "perplexity": q.perplexity,
-            **q.terms})
+            **q.terms}, latent=q.indices)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         """As :meth:`AutoencoderBase.predict_step`, plus the code ``"indices"`` ``(B, h, w)``."""
         out = super().predict_step(batch, batch_idx, dataloader_idx)
         out["indices"] = self.quantize(out["latent"]).indices
         return out
-
-    def _log_codebook_usage(self, stage: Stage) -> None:
-        usage = self.codebook_usage(stage)
-        if usage.update_called:  # compute() sums the counts over the ranks: every rank runs it
-            log_global(self, {f"{stage}/codebook_{k}": v for k, v in usage.compute().items()})
-        usage.reset()
-
-    def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()
-        self.val_codebook_usage.reset()
-
-    def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
-        self.test_codebook_usage.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_codebook_usage("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_codebook_usage("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_codebook_usage("test")
