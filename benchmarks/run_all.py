@@ -52,10 +52,11 @@ def machine() -> str:
     return f"{device}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
-def run(command: list[str], log: Path) -> str:
-    """Runs ``command`` from the repository root, its output to ``log``; returns stdout (raises on failure)."""
+def run(command: list[str], log: Path, cwd: Path = ROOT) -> str:
+    """Runs ``command`` in ``cwd`` (default the repository root), its output to ``log``; returns stdout (raises on
+    failure)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
     log.write_text(result.stdout + result.stderr)
     if result.returncode != 0:
         raise RuntimeError(f"{shlex.join(command)} failed ({result.returncode}); see {log}")
@@ -64,12 +65,14 @@ def run(command: list[str], log: Path) -> str:
 
 def data_args(dataset: str, args: argparse.Namespace) -> list[str]:
     folder = args.data_dir if dataset == "mnist" else args.cifar_dir
-    return ["--data.data_dir", str(folder), "--data.download", "false", *MODES[args.mode].get("data", [])]
+    return ["--data.data_dir", str(Path(folder).resolve()), "--data.download", "false",
+            *MODES[args.mode].get("data", [])]
 
 
 def fit_command(dataset: str, variant: str, steps: int, work: Path, args: argparse.Namespace) -> list[str]:
-    """The ``lightning-ae fit`` of one variant: its config, ``steps`` steps, a model folder in ``work``."""
-    return [sys.executable, "-m", "lightning_ae", "fit", "--config", f"configs/{dataset}/{variant}.yaml",
+    """The ``lightning-ae fit`` of one variant: its config, ``steps`` steps, a model folder in ``work`` (run from
+    ``work``, so the config's ``checkpoints/`` land there, apart from every other run)."""
+    return [sys.executable, "-m", "lightning_ae", "fit", "--config", str(ROOT / f"configs/{dataset}/{variant}.yaml"),
             *data_args(dataset, args), "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1",
             "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
             "--trainer.default_root_dir", str(work), "--save_pretrained", str(work / "model")]
@@ -142,10 +145,11 @@ def table(rows: list[dict[str, str]], where: str) -> str:
 
 
 def variant_row(dataset: str, variant: str, command: list[str], m: dict[str, float]) -> dict[str, str]:
+    typed = "python " + shlex.join(command[1:]).replace(str(ROOT) + os.sep, "")  # as typed in the repository
     return {"variant": variant, "dataset": dataset, "mse": fmt(m, "test/mse", ".4f"),
             "psnr": fmt(m, "test/psnr", ".2f"), "ssim": fmt(m, "test/ssim", ".3f"), "probe": fmt(m, "probe", ".3f"),
             "nll": fmt(m, "test/nll", ".2f"), "perplexity": fmt(m, "test/codebook_perplexity", ".1f"),
-            "used": fmt(m, "test/codebook_used_fraction", ".2f"), "command": "python " + shlex.join(command[1:])}
+            "used": fmt(m, "test/codebook_used_fraction", ".2f"), "command": typed}
 
 
 def write_table(readme: Path, text: str) -> None:
@@ -185,7 +189,7 @@ def main() -> None:
             folder = work / dataset / variant
             folder.mkdir(parents=True, exist_ok=True)
             command = fit_command(dataset, variant, mode["steps"], folder, args)
-            run(command, folder / "fit.log")
+            run(command, folder / "fit.log", cwd=folder)
             rows.append(variant_row(dataset, variant, command, score(dataset, variant, folder, mode["iw"], args)))
             print(json.dumps(rows[-1]), flush=True)
     rows += throughput_rows(mode, work, args)

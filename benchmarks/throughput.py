@@ -176,6 +176,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (both paths)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend (aot_eager: traced, no code generated; gpu.sh's CPU smoke mode)")
     parser.add_argument("--on-device", action="store_true", help="hold the uint8 dataset on the device")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="profile instead of timing")
     parser.add_argument("--json", help="write the medians and ratios to this file")
@@ -242,6 +244,8 @@ def main() -> None:
     data.setup("fit")
     images = data.train_set.images.to(device) if args.on_device else data.train_set.images
     options = {"compile_networks": True} if args.compile else {}
+    if args.compile and args.compile_backend != "inductor":
+        options["compile_options"] = {"backend": args.compile_backend}
     ours_model, loop_model = MODELS[args.model](**options), MODELS[args.model](**options).to(device)
     bare_module = BareModule(MODELS[args.model](**options), args)
     if args.compile:

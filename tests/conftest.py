@@ -141,10 +141,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow (real data, DDP)")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n 2``, as ``.ci/run`` runs) each worker's torch uses one thread: two workers on two
+    cores, no oversubscription."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--runslow"):
+    if not config.getoption("--runslow"):
+        skip = pytest.mark.skip(reason="slow: run with --runslow")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
         return
-    skip = pytest.mark.skip(reason="slow: run with --runslow")
-    for item in items:
+    for item in items:  # with --dist loadgroup the slow tests (several processes each) run one at a time
         if "slow" in item.keywords:
-            item.add_marker(skip)
+            item.add_marker(pytest.mark.xdist_group("slow"))

@@ -1,5 +1,6 @@
-"""Everything a user can get wrong, run through the real command (a subprocess, as a user runs it): one line on
-stderr that names the bad path or value, exit status 2, no traceback; ``--debug`` keeps the traceback.
+"""Everything a user can get wrong, run through the real command: one line on stderr that names the bad path or
+value, exit status 2, no traceback; ``--debug`` keeps the traceback. Two cases run as a separate process exactly
+as a user types them; the others call the same entry point (``lightning_ae.cli.main``) in this process.
 
 Each case writes its own bad input into ``tmp_path`` and returns the arguments and the text the line must hold.
 """
@@ -172,15 +173,34 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
                           timeout=300, env=env, cwd=cwd)
 
 
+def _run_in_process(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """The same entry point as the command, in this process (its exit status and stderr)."""
+    from lightning_ae.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return int(exc.value.code), capsys.readouterr().err
+
+
+SUBPROCESS = {offline_download, code_running_prior_submodel}  # as a user types them: the real process and stderr
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
-def test_bad_input_is_one_line_and_exit_2(case: Case, tmp_path: Path) -> None:
+def test_bad_input_is_one_line_and_exit_2(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     args, named = case(tmp_path)
-    result = _run(args, tmp_path)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("lightning-ae")]
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert len(errors) == 1 and ": error: " in errors[0], result.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LIGHTNING_AE_DEBUG", raising=False)
+    if case in SUBPROCESS:
+        result = _run(args, tmp_path)
+        code, stderr = result.returncode, result.stderr
+    else:
+        code, stderr = _run_in_process(args, capsys)
+    errors = [line for line in stderr.splitlines() if line.startswith("lightning-ae")]
+    assert code == 2, stderr[-3000:]
+    assert len(errors) == 1 and ": error: " in errors[0], stderr[-3000:]
     assert named in errors[0]
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in stderr
     assert not (tmp_path / "PWNED").exists(), "a pickle from a file ran code"
 
 

@@ -126,6 +126,11 @@ VARIANTS: dict[str, list[str]] = {
 
 def _cli_fit(workdir: Path, data_dir: Path, variant: list[str], *extra: str) -> None:
     """One ``python -m lightning_ae fit`` of 10 steps (5 batches an epoch), last.ckpt every 2 steps."""
+    _finish(_start_fit(workdir, data_dir, variant, *extra), extra)
+
+
+def _start_fit(workdir: Path, data_dir: Path, variant: list[str], *extra: str) -> subprocess.Popen[str]:
+    """:func:`_cli_fit`, started (one thread: two of them run side by side on two cores, deterministically)."""
     command = [
         sys.executable, "-m", "lightning_ae", "fit", "--data", "MNISTDataModule",
         "--data.data_dir", str(data_dir), "--data.download", "false", "--data.val_size", "16",
@@ -139,9 +144,14 @@ def _cli_fit(workdir: Path, data_dir: Path, variant: list[str], *extra: str) -> 
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _finish(process: subprocess.Popen[str], extra: tuple[str, ...]) -> None:
+    stderr = process.communicate(timeout=300)[1]
     killed = "tests.resume_helpers.KillAtStep" in extra
-    assert result.returncode == (-9 if killed else 0), result.stderr[-3000:]
+    assert process.returncode == (-9 if killed else 0), stderr[-3000:]
 
 
 def _assert_same(a: Any, b: Any, where: str) -> None:
@@ -181,9 +191,10 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(name: str, tmp_path: Pat
     full, cut = tmp_path / "full", tmp_path / "cut"
     full.mkdir()
     cut.mkdir()
-    _cli_fit(full, tiny_data_dir, variant)
-    _cli_fit(cut, tiny_data_dir, variant, "--trainer.callbacks+", "tests.resume_helpers.KillAtStep",
-             "--trainer.callbacks.step", "7")
+    kill = ("--trainer.callbacks+", "tests.resume_helpers.KillAtStep", "--trainer.callbacks.step", "7")
+    uninterrupted, killed = _start_fit(full, tiny_data_dir, variant), _start_fit(cut, tiny_data_dir, variant, *kill)
+    _finish(uninterrupted, ())
+    _finish(killed, kill)
     assert torch.load(cut / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 6
     _cli_fit(cut, tiny_data_dir, variant, "--ckpt_path", "last")
     expected = torch.load(full / "ckpt" / "last.ckpt", weights_only=True)
