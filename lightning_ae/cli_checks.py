@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
-import pickle
 import re
 import zipfile
 from collections.abc import Sequence
@@ -18,11 +17,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 
 import lightning_ae
 from lightning_ae.errors import InputError
+from lightning_ae.pretrained import read_checkpoint
 
 CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
 """``--ckpt_path`` values that Lightning resolves itself."""
@@ -101,25 +100,13 @@ def _left_to_others(value: str) -> bool:
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    not_a_checkpoint = f"--ckpt_path {path} is not a Lightning checkpoint"
     if not zipfile.is_zipfile(path):
-        raise CLIInputError(f"{not_a_checkpoint} (not a file written by torch.save or Trainer.save_checkpoint)")
+        raise CLIInputError(f"--ckpt_path {path} is not a Lightning checkpoint (not a file written by torch.save or "
+                            "Trainer.save_checkpoint)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        raise CLIInputError(f"--ckpt_path {path} holds an object that safe loading refuses "
-                            f"({_refused_global(str(err))}); it was not written by lightning-ae fit") from err
-    except (RuntimeError, OSError, EOFError) as err:
-        raise CLIInputError(f"{not_a_checkpoint} ({str(err).splitlines()[0]})") from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CLIInputError(f"{not_a_checkpoint} (it holds no state_dict)")
-    return checkpoint
-
-
-def _refused_global(message: str) -> str:
-    """``Unsupported global: GLOBAL module.Name`` from torch's message, without its advice."""
-    found = re.search(r"GLOBAL ([\w.]+)", message)
-    return f"global {found.group(1)}" if found else "content outside the allowed types"
+        return read_checkpoint(path, "--ckpt_path", mmap=True)
+    except ValueError as err:
+        raise CLIInputError(str(err)) from err
 
 
 # ---- value checks in the classes' __init__ --------------------------------------------------------------------

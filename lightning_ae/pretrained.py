@@ -347,17 +347,17 @@ def is_model_folder(path: str | Path) -> bool:
     return (Path(path) / CONFIG_NAME).is_file()
 
 
-def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+def read_checkpoint(path: str | Path, what: str = "checkpoint", mmap: bool = False) -> dict[str, Any]:
     """A Lightning checkpoint file read safely: ``torch.load(weights_only=True)`` (plain tensors and containers,
     and the allow-listed torch optimizer classes; a pickle that would import anything else is refused before any of
-    it runs).
+    it runs). ``mmap``: map the file instead of reading it (a file ``torch.save`` wrote).
 
     Raises:
         ValueError: naming ``what`` and the path, for a file that is not a checkpoint, is corrupt, holds an object
             safe loading refuses, or has no ``state_dict``.
     """
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         refused = f"global {found.group(1)}" if found else "content outside the allowed types"
