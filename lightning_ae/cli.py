@@ -124,7 +124,7 @@ def refuse_overwriting_checkpoints(trainer: Trainer) -> None:
             raise CLIInputError(
                 f"{folder} already holds {', '.join(existing)} of an earlier run, which this run would overwrite: "
                 "resume it with --ckpt_path last, run from another working directory (or give the ModelCheckpoint "
-                "another dirpath in the config), or pass --overwrite")
+                "another dirpath in the config), or pass --overwrite true")
 
 
 def read_checkpoints_safely(config: Any) -> None:
