@@ -63,6 +63,16 @@ def run(command: list[str], log: Path, cwd: Path = ROOT) -> str:
     return result.stdout
 
 
+def as_typed(command: list[str], args: argparse.Namespace) -> str:
+    """``command`` as a user types it in the repository: ``python``, paths relative to the repository, the data
+    folders as given on the command line (the subprocesses get them resolved)."""
+    text = "python " + shlex.join(command[1:]).replace(str(ROOT) + os.sep, "")
+    for given in (args.data_dir, args.cifar_dir):
+        if given:
+            text = text.replace(str(Path(given).resolve()), str(given))
+    return text
+
+
 def data_args(dataset: str, args: argparse.Namespace) -> list[str]:
     folder = args.data_dir if dataset == "mnist" else args.cifar_dir
     return ["--data.data_dir", str(Path(folder).resolve()), "--data.download", "false",
@@ -111,7 +121,8 @@ def throughput_rows(mode: dict[str, Any], work: Path, args: argparse.Namespace) 
     out = run(command, work / "throughput.log")
     ratio = re.search(r"ratio ours/loop \(wall clock\): ([\d.]+)", out)
     rows = [{"variant": "Autoencoder (MLP, BCE)", "dataset": "MNIST",
-             "throughput": f"{float(ratio.group(1)):.2f}x loop" if ratio else "n/a", "command": shlex.join(command)}]
+             "throughput": f"{float(ratio.group(1)):.2f}x loop" if ratio else "n/a",
+             "command": as_typed(command, args)}]
     if args.skip_vae_throughput:
         return rows
     command = [sys.executable, "-m", "benchmarks.vae_throughput", "--reps", repeats, "--epochs", "1"]
@@ -124,7 +135,7 @@ def throughput_rows(mode: dict[str, Any], work: Path, args: argparse.Namespace) 
     ratios = result.get("ratio_to_loop_wall", next(v for k, v in result.items() if k.startswith("ratio_to_loop")))
     text = ", ".join(f"{v:.2f}x {k}" for k, v in ratios.items() if k != "ours")
     rows.append({"variant": "VAE (MLP)", "dataset": "MNIST", "throughput": f"ours = {text}" if text else "n/a",
-                 "command": shlex.join(command)})
+                 "command": as_typed(command, args)})
     return rows
 
 
@@ -144,12 +155,12 @@ def table(rows: list[dict[str, str]], where: str) -> str:
     return "\n".join(lines)
 
 
-def variant_row(dataset: str, variant: str, command: list[str], m: dict[str, float]) -> dict[str, str]:
-    typed = "python " + shlex.join(command[1:]).replace(str(ROOT) + os.sep, "")  # as typed in the repository
+def variant_row(dataset: str, variant: str, command: list[str], m: dict[str, float],
+                args: argparse.Namespace) -> dict[str, str]:
     return {"variant": variant, "dataset": dataset, "mse": fmt(m, "test/mse", ".4f"),
             "psnr": fmt(m, "test/psnr", ".2f"), "ssim": fmt(m, "test/ssim", ".3f"), "probe": fmt(m, "probe", ".3f"),
             "nll": fmt(m, "test/nll", ".2f"), "perplexity": fmt(m, "test/codebook_perplexity", ".1f"),
-            "used": fmt(m, "test/codebook_used_fraction", ".2f"), "command": typed}
+            "used": fmt(m, "test/codebook_used_fraction", ".2f"), "command": as_typed(command, args)}
 
 
 def write_table(readme: Path, text: str) -> None:
@@ -190,7 +201,8 @@ def main() -> None:
             folder.mkdir(parents=True, exist_ok=True)
             command = fit_command(dataset, variant, mode["steps"], folder, args)
             run(command, folder / "fit.log", cwd=folder)
-            rows.append(variant_row(dataset, variant, command, score(dataset, variant, folder, mode["iw"], args)))
+            scores = score(dataset, variant, folder, mode["iw"], args)
+            rows.append(variant_row(dataset, variant, command, scores, args))
             print(json.dumps(rows[-1]), flush=True)
     rows += throughput_rows(mode, work, args)
     write_table(args.readme, table(rows, machine()))

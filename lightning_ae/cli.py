@@ -128,8 +128,8 @@ def refuse_overwriting_checkpoints(trainer: Trainer) -> None:
 
 
 def read_checkpoints_safely(config: Any) -> None:
-    """Sets the subcommand's ``weights_only`` to ``True`` unless given: Lightning would otherwise unpickle a
-    ``--ckpt_path`` (``last``, ``best`` or a path) with ``weights_only=False``, which runs any code in it."""
+    """Sets the subcommand's ``weights_only`` to ``True`` unless given: Lightning's default would unpickle a
+    ``--ckpt_path`` (``last``, ``best`` or a path) without restriction, which runs any code in it."""
     subcommand = config.get("subcommand")
     if subcommand and "weights_only" in config[subcommand] and config[subcommand]["weights_only"] is None:
         config[subcommand]["weights_only"] = True

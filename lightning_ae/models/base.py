@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -298,16 +298,18 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
         """The ``name`` metric of ``stage`` (see :meth:`declare_metric`)."""
         return self.stage_metrics[f"{stage}_{name}"]
 
-    def _update_stage_metrics(self, stage: Stage, batch: Batch, out: LossOutput) -> None:
+    def _metrics_of(self, stage: Stage) -> Iterator[tuple[str, MetricUpdate, Metric]]:
+        """``(name, update, metric)`` of every metric declared for ``stage``."""
         for name, (update, stages) in self._metric_updates.items():
             if stage in stages:
-                update(self.stage_metric(stage, name), batch, out)
+                yield name, update, self.stage_metric(stage, name)
+
+    def _update_stage_metrics(self, stage: Stage, batch: Batch, out: LossOutput) -> None:
+        for _, update, metric in self._metrics_of(stage):
+            update(metric, batch, out)
 
     def _log_stage_metrics(self, stage: Stage) -> None:
-        for name, (_, stages) in self._metric_updates.items():
-            metric = self.stage_metric(stage, name) if stage in stages else None
-            if metric is None:
-                continue
+        for name, _, metric in self._metrics_of(stage):
             if metric.update_count:  # compute() reduces the states over the ranks: every rank runs it
                 value = metric.compute()
                 log_global(self, {f"{stage}/{name}_{k}": v for k, v in value.items()} if isinstance(value, dict)
@@ -315,9 +317,8 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
             metric.reset()
 
     def _reset_stage_metrics(self, stage: Stage) -> None:
-        for name, (_, stages) in self._metric_updates.items():
-            if stage in stages:
-                self.stage_metric(stage, name).reset()
+        for _, _, metric in self._metrics_of(stage):
+            metric.reset()
 
     def check_images(self, x: Any) -> torch.Tensor:
         """Raises a clear error when ``x`` is not a float ``(B, *image_shape)`` tensor."""
