@@ -41,8 +41,8 @@ from torch import nn
 
 from lightning_ae.graphs import Graph
 
-Format = Literal["onnx", "torchscript"]
-FORMATS: tuple[str, ...] = ("onnx", "torchscript")
+Format = Literal["onnx", "torchscript", "diffusers"]
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "diffusers")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 SIDECAR = "export.json"
 TRACE_BATCH, VERIFY_BATCH = 2, 3
@@ -219,14 +219,14 @@ def _write_set(model: nn.Module, graphs: Sequence[Graph], fmt: str, folder: Path
     (folder / SIDECAR).write_text(json.dumps(sidecar(model, graphs, fmt), indent=2) + "\n")
 
 
-def _move_into_place(staged: Path, out: Path) -> None:
+def move_into_place(staged: Path, out: Path, last: str = SIDECAR) -> None:
     """Moves the verified files of ``staged`` into ``out``: the folder itself when ``out`` does not exist, else
-    file by file (each an atomic rename), ``export.json`` last, so a reader never sees a sidecar that does not
-    describe the graphs beside it."""
+    file by file (each an atomic rename), ``last`` (the sidecar or config) last, so a reader never sees a
+    description that does not describe the files beside it."""
     if not out.exists():
         os.replace(staged, out)
         return
-    files = sorted(staged.iterdir(), key=lambda p: p.name == SIDECAR)
+    files = sorted(staged.iterdir(), key=lambda p: p.name == last)
     for file in files:
         os.replace(file, out / file.name)
     staged.rmdir()
@@ -247,8 +247,9 @@ def export_model(
         model: a lightning_ae model (any variant, or the prior); exported in fp32 eval mode on its device, its mode
             restored afterwards.
         out: output folder (created).
-        format: ``onnx`` (legacy TorchScript-based exporter, dynamic batch axis) or ``torchscript``
-            (``torch.jit.trace``).
+        format: ``onnx`` (legacy TorchScript-based exporter, dynamic batch axis), ``torchscript``
+            (``torch.jit.trace``) or ``diffusers`` (a folder ``diffusers.AutoencoderKL`` / ``VQModel`` loads:
+            :func:`lightning_ae.interop.diffusers.export_diffusers`; returns its ``config.json``).
         verify: run the written graphs and compare them with the model (recommended).
         atol: largest allowed absolute difference of float outputs when verifying.
         opset: ONNX opset version.
@@ -263,6 +264,10 @@ def export_model(
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if format == "diffusers":
+        from lightning_ae.interop.diffusers import export_diffusers
+
+        return export_diffusers(model, out, verify, atol)
     if format == "onnx":
         _require_onnx()
     out = Path(out)
@@ -274,7 +279,7 @@ def export_model(
     staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         _write_set(model, export_graphs(model), format, staged, verify, atol, opset)
-        _move_into_place(staged, out)
+        move_into_place(staged, out)
     finally:
         model.train(training)
         shutil.rmtree(staged, ignore_errors=True)
@@ -291,7 +296,7 @@ def export_command(
     Args:
         ckpt_path: a checkpoint written by ``lightning-ae fit``, or a model folder (``save_pretrained``).
         out: output folder.
-        format: ``onnx`` or ``torchscript``.
+        format: ``onnx``, ``torchscript`` or ``diffusers`` (an ``AutoencoderKL`` / ``VQModel`` folder).
         model: model class (e.g. ``VAE``) of a checkpoint that does not name one (not written by the CLI).
         verify: run the exported graphs and compare them with the model.
         atol: largest allowed absolute difference of float outputs when verifying.
@@ -300,6 +305,9 @@ def export_command(
     from lightning_ae.pretrained import load_model
 
     path = export_model(load_model(ckpt_path, model), out, format, verify, atol, opset)
+    if format == "diffusers":
+        print(f"exported {ckpt_path} (diffusers {json.loads(path.read_text())['_class_name']}) to {path.parent}")
+        return path
     files = [g["file"] for g in json.loads(path.read_text())["graphs"].values()]
     print(f"exported {ckpt_path} ({format}) to {path.parent}: {', '.join(files)}, {path.name}")
     return path

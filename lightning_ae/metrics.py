@@ -94,3 +94,29 @@ class ActiveUnits(Metric):
 
     def compute(self) -> torch.Tensor:
         return (self.variances() > self.threshold).sum()
+
+
+class LatentStd(Metric):
+    """The standard deviation of every value of the latents seen since the last reset (one number, over all
+    channels and positions): latent diffusion's ``scale_factor`` is its inverse (Rombach et al. 2022, sec. G).
+
+    Sums, sums of squares and counts are float64 states summed over DDP ranks, so the figure is that of all ranks'
+    data together.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("count", "total", "total_sq"):
+            self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, latents: torch.Tensor) -> None:
+        values = latents.detach().to(torch.float64)
+        self.count += values.numel()
+        self.total += values.sum()
+        self.total_sq += values.pow(2).sum()
+
+    def compute(self) -> torch.Tensor:
+        mean = self.total / self.count
+        return ((self.total_sq - self.count * mean.pow(2)) / (self.count - 1).clamp(min=1)).clamp(min=0).sqrt()

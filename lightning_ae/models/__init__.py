@@ -2,6 +2,7 @@
 (:class:`PixelCNNPrior`, a LightningModule of its own)."""
 
 from lightning_ae.models.autoencoder import Autoencoder
+from lightning_ae.models.autoencoder_kl import AutoencoderKL
 from lightning_ae.models.base import AutoencoderBase
 from lightning_ae.models.contractive import ContractiveAutoencoder
 from lightning_ae.models.cvae import ConditionalVAE
@@ -19,6 +20,7 @@ __all__ = [
     "VQVAE",
     "Autoencoder",
     "AutoencoderBase",
+    "AutoencoderKL",
     "ConditionalVAE",
     "ContractiveAutoencoder",
     "DenoisingAutoencoder",

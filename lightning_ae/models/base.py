@@ -132,8 +132,13 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
         encoder: maps images ``(B, C, H, W)`` to latents; ``None`` builds the variant's default for ``network``.
         decoder: maps latents to images (unbounded: logits or means); ``None`` builds the default.
         latent_dim: size of the latent of the default networks.
-        network: default network family: ``mlp``, ``conv`` (residual, strided convolutions) or ``sigmoid`` (a
-            single sigmoid layer encoder, for the contractive autoencoder's closed-form penalty).
+        network: default network family: ``mlp``, ``conv`` (residual, strided convolutions), ``sigmoid`` (a
+            single sigmoid layer encoder, for the contractive autoencoder's closed-form penalty) or ``ldm`` (the
+            latent-diffusion encoder and decoder, :class:`~lightning_ae.nets.LDMEncoder`: a spatial latent of
+            ``latent_dim`` channels).
+        network_options: the ``ldm`` networks' sizes (``ch``, ``ch_mult``, ``num_res_blocks``,
+            ``attn_resolutions``, ``z_channels``, ``dropout``, ``mid_attention``; the rest from
+            :data:`~lightning_ae.nets.LDM_DEFAULTS`), for ``network: ldm`` only.
         image_shape: ``(C, H, W)`` of the images (linked from the datamodule by the CLI).
         num_classes: classes of the dataset, if any (linked from the datamodule; used by callbacks and probes).
         pixel_range: ``(low, high)`` of pixel values (linked from the datamodule).
@@ -152,6 +157,7 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
         decoder: nn.Module | None = None,
         latent_dim: int = 32,
         network: Network = "mlp",
+        network_options: dict[str, Any] | None = None,
         image_shape: tuple[int, int, int] = (1, 28, 28),
         num_classes: int | None = None,
         pixel_range: tuple[float, float] = (0.0, 1.0),
@@ -174,6 +180,7 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
             raise ValueError(f"pixel_range must be (low, high) with low < high, got {pixel_range}")
         self.latent_dim = latent_dim
         self.network = check_network(network)
+        self.network_options = dict(network_options or {})
         self.image_shape = check_image_shape(image_shape)
         self.num_classes = num_classes
         self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
@@ -199,7 +206,8 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
         """Builds the encoder and decoder that were not given to ``__init__``:
         ``default_networks(network, image_shape, latent_dim, **default_options)`` (each variant calls it once)."""
         if self.encoder is None or self.decoder is None:
-            encoder, decoder = default_networks(self.network, self.image_shape, self.latent_dim, **default_options)
+            encoder, decoder = default_networks(self.network, self.image_shape, self.latent_dim,
+                                                network_options=self.network_options, **default_options)
             self.encoder = encoder if self.encoder is None else self.encoder
             self.decoder = decoder if self.decoder is None else self.decoder
 

@@ -50,6 +50,9 @@ class ConditionalVAE(VAE):
         if self.num_classes is None or self.num_classes < 2:
             raise ValueError(f"ConditionalVAE needs num_classes >= 2 (linked from the data by the CLI), got "
                              f"{self.num_classes}")
+        if self.network == "ldm":
+            raise ValueError("ConditionalVAE conditions a vector latent on the labels; network='ldm' (a spatial "
+                             "latent) is not supported: use 'mlp' or 'conv'")
         c, h, w = self.image_shape
         self.label_embedding = nn.Embedding(self.num_classes, h * w)
         if self.encoder is None:

@@ -29,7 +29,11 @@ class VAE(AutoencoderBase):
     """Variational autoencoder (Kingma & Welling 2014) with a diagonal Gaussian posterior.
 
     The encoder outputs ``2 * latent_dim`` features, the mean and log-variance of ``q(z|x)``. ``encode`` returns
-    the posterior mean, so ``forward`` and ``predict_step`` are deterministic. Evaluation: ``val/active_units`` (a
+    the posterior mean, so ``forward`` and ``predict_step`` are deterministic. With a spatial encoder
+    (``network: ldm``, or any encoder with a ``latent_shape(image_shape)`` method) the latent is a
+    ``latent_shape = (latent_dim, h, w)`` grid: the encoder outputs ``(B, 2 * latent_dim, h, w)``, ``encode``
+    returns ``(B, latent_dim, h, w)`` and the posterior is a diagonal Gaussian over its ``latent_size`` values.
+    Evaluation: ``val/active_units`` (a
     declared stage metric, fed the posterior means the loss computed) and the importance-weighted ``test/nll`` and
     ``test/bpd`` (Burda et al. 2015), terms of the test step's loss (:meth:`batch_loss`).
 
@@ -74,11 +78,24 @@ class VAE(AutoencoderBase):
         self.beta, self.kl_warmup_steps, self.free_bits, self.iw_samples = beta, kl_warmup_steps, free_bits, iw_samples
         self.iw_batch = iw_batch
         self.init_networks(encoder_out_mult=2, decoder_out_mult=self.pixel_likelihood.channels_per_pixel)
+        self.latent_shape = self._latent_shape()
+        self.latent_size = math.prod(self.latent_shape)
         self.active_threshold = active_threshold
         self.declare_metric("active_units", self._new_active_units, self._update_active_units, stages=("val",))
 
+    def _latent_shape(self) -> tuple[int, ...]:
+        """``(latent_dim,)``, or ``(latent_dim, h, w)`` for an encoder with a ``latent_shape`` method."""
+        grid = getattr(self.encoder, "latent_shape", None)
+        if not callable(grid):
+            return (self.latent_dim,)
+        channels, h, w = grid(self.image_shape)
+        if channels != 2 * self.latent_dim:
+            raise ValueError(f"the encoder outputs {channels} channels; a Gaussian posterior over latent_dim="
+                             f"{self.latent_dim} channels needs 2 * latent_dim = {2 * self.latent_dim}")
+        return (self.latent_dim, h, w)
+
     def _new_active_units(self) -> ActiveUnits:
-        return ActiveUnits(self.latent_dim, self.active_threshold)
+        return ActiveUnits(self.latent_size, self.active_threshold)
 
     def _update_active_units(self, metric: ActiveUnits, batch: Batch, out: LossOutput) -> None:
         metric.update(out.latent if out.latent is not None else self.posterior(batch.images).mean)
@@ -89,21 +106,33 @@ class VAE(AutoencoderBase):
         return self.stage_metric("val", "active_units")  # type: ignore[return-value]
 
     def posterior(self, x: torch.Tensor) -> DiagonalGaussian:
-        """``q(z|x)`` of images ``(B, C, H, W)``: a :class:`DiagonalGaussian` over ``(B, latent_dim)``."""
+        """``q(z|x)`` of images ``(B, C, H, W)``: a :class:`DiagonalGaussian` over ``(B, latent_size)`` (a spatial
+        latent flattened; :meth:`latent_grid` gives it its shape back)."""
         params = self.encoder(x)
-        if params.ndim != 2 or params.shape[1] != 2 * self.latent_dim:
-            raise ValueError(f"the encoder must output (B, 2 * latent_dim) = (B, {2 * self.latent_dim}) "
-                             f"(mean, log-variance), got {tuple(params.shape)}")
-        return DiagonalGaussian.from_params(params)
+        expected = (2 * self.latent_dim, *self.latent_shape[1:])
+        if tuple(params.shape[1:]) != expected:
+            raise ValueError(f"the encoder must output (B, {', '.join(map(str, expected))}) (mean, log-variance "
+                             f"of latent_dim={self.latent_dim}), got {tuple(params.shape)}")
+        mean, logvar = params.chunk(2, dim=1)
+        return DiagonalGaussian(mean.flatten(1), logvar.flatten(1))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:  # the posterior mean (B, latent_dim)
-        return self.posterior(x).mode()
+    def latent_grid(self, z: torch.Tensor) -> torch.Tensor:
+        """Flat latents ``(..., latent_size)`` -> ``(..., *latent_shape)``."""
+        return z.unflatten(-1, self.latent_shape)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior mean: ``(B, latent_dim)``, or ``(B, *latent_shape)`` for a spatial latent."""
+        return self.latent_grid(self.posterior(x).mode())
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents, flat ``(B, latent_size)`` or shaped ``(B, *latent_shape)``, -> decoder output."""
+        return self.decoder(self.latent_grid(z) if z.ndim == 2 and len(self.latent_shape) > 1 else z)
 
     def export_graphs(self) -> list[Graph]:
         """As :meth:`AutoencoderBase.export_graphs`, the encoder giving ``q(z|x)``'s ``mean`` and ``logvar``."""
         def encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             q = self.posterior(x)
-            return q.mean, q.logvar
+            return self.latent_grid(q.mean), self.latent_grid(q.logvar)
 
         encoder, decoder = super().export_graphs()
         return [Graph("encoder", FunctionModule(self, encode), encoder.make_inputs, ("images",), ("mean", "logvar")),
@@ -191,16 +220,17 @@ class VAE(AutoencoderBase):
         """``n`` images from the model: ``z ~ N(0, I)``, then the mean of ``p(x|z)``, ``(n, C, H, W)``."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        return self.output_to_image(self.decode(torch.randn(n, self.latent_dim, generator=generator,
+        return self.output_to_image(self.decode(torch.randn(n, self.latent_size, generator=generator,
                                                             device=self.device, dtype=self.dtype)))
 
     @torch.no_grad()
     def traverse(self, x: torch.Tensor, dim: int, values: torch.Tensor | None = None) -> torch.Tensor:
-        """Decodes the posterior mean of one image ``(C, H, W)`` with latent ``dim`` set to each of ``values``
-        (default ``linspace(-3, 3, 7)``, prior standard deviations): ``(len(values), C, H, W)`` images."""
-        if not 0 <= dim < self.latent_dim:
-            raise ValueError(f"dim must be in [0, {self.latent_dim}), got {dim}")
+        """Decodes the posterior mean of one image ``(C, H, W)`` with latent ``dim`` (of the flat
+        ``latent_size`` values) set to each of ``values`` (default ``linspace(-3, 3, 7)``, prior standard
+        deviations): ``(len(values), C, H, W)`` images."""
+        if not 0 <= dim < self.latent_size:
+            raise ValueError(f"dim must be in [0, {self.latent_size}), got {dim}")
         values = torch.linspace(-3.0, 3.0, 7) if values is None else values
-        z = self.encode(self.check_images(x.reshape(1, *self.image_shape))).repeat(len(values), 1)
+        z = self.posterior(self.check_images(x.reshape(1, *self.image_shape))).mode().repeat(len(values), 1)
         z[:, dim] = values.to(z)
         return self.output_to_image(self.decode(z))

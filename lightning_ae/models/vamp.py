@@ -100,5 +100,5 @@ class VampVAE(VAE):
             raise ValueError(f"n must be >= 1, got {n}")
         components = self.prior_components()
         k = torch.randint(components.mean.shape[0], (n,), generator=generator, device=self.device)
-        eps = torch.randn(n, self.latent_dim, generator=generator, device=self.device, dtype=self.dtype)
+        eps = torch.randn(n, self.latent_size, generator=generator, device=self.device, dtype=self.dtype)
         return self.output_to_image(self.decode(components.mean[k] + components.std[k] * eps))

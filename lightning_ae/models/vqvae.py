@@ -28,7 +28,9 @@ class VQVAE(AutoencoderBase):
 
     Args:
         latent_dim: code dimension ``D``.
-        network: must be ``conv`` (the latents form a spatial grid).
+        network: ``conv`` (the paper's networks; ``hidden_channels``, ``res_channels``, ``num_res_blocks`` and
+            ``weight_init`` size them) or ``ldm`` (the latent-diffusion / VQGAN networks, sized by
+            ``network_options``): the latents form a spatial grid.
         hidden_channels: channels of the default networks (sonnet: 128).
         res_channels: hidden channels of the residual blocks (sonnet: 32).
         num_res_blocks: residual blocks (sonnet: 2).
@@ -47,7 +49,7 @@ class VQVAE(AutoencoderBase):
     def __init__(
         self,
         latent_dim: int = 64,
-        network: Literal["conv"] = "conv",
+        network: Literal["conv", "ldm"] = "conv",
         hidden_channels: int = 128,
         res_channels: int = 32,
         num_res_blocks: int = 2,
@@ -58,8 +60,9 @@ class VQVAE(AutoencoderBase):
     ) -> None:
         if not data_variance > 0:
             raise ValueError(f"data_variance must be > 0, got {data_variance}")
-        if network != "conv":
-            raise ValueError(f"network must be 'conv' for VQVAE (its latents form a spatial grid), got {network!r}")
+        if network not in ("conv", "ldm"):
+            raise ValueError(f"network must be 'conv' or 'ldm' for VQVAE (its latents form a spatial grid), got "
+                             f"{network!r}")
         super().__init__(latent_dim=latent_dim, network=network, **kwargs)
         self.init_networks(spatial=True, hidden_channels=hidden_channels, res_channels=res_channels,
                            num_res_blocks=num_res_blocks, init=weight_init)
