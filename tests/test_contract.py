@@ -17,6 +17,7 @@ from lightning_ae import (
     VQVAE,
     Autoencoder,
     AutoencoderBase,
+    AutoencoderKL,
     ContractiveAutoencoder,
     DenoisingAutoencoder,
     FakeImageDataModule,
@@ -50,6 +51,10 @@ VARIANTS = [
     pytest.param(VQVAE, {"latent_dim": 8, "hidden_channels": 16, "res_channels": 8, "quantizer": lambda:
                          VectorQuantizer(32, code_dim=8, ema=False, cosine=True)}, (3, 32, 32),
                  id="vqvae-learned-cosine"),
+    pytest.param(AutoencoderKL, {"network_options": {"ch": 32, "ch_mult": [1, 2], "attn_resolutions": [8]}},
+                 (3, 16, 16), id="autoencoder-kl-ldm"),
+    pytest.param(VQVAE, {"network": "ldm", "latent_dim": 8, "network_options": {"ch": 32, "ch_mult": [1, 2]},
+                         "quantizer": lambda: VectorQuantizer(32, code_dim=8)}, (1, 16, 16), id="vqvae-ldm"),
 ]
 
 

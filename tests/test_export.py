@@ -20,6 +20,7 @@ from lightning_ae import (
     VAE,
     VQVAE,
     Autoencoder,
+    AutoencoderKL,
     ConditionalVAE,
     ContractiveAutoencoder,
     DenoisingAutoencoder,
@@ -32,6 +33,7 @@ from lightning_ae import (
 from lightning_ae.export import ExportError, export_model
 
 VQ = {"latent_dim": 8, "hidden_channels": 16, "res_channels": 8}
+LDM_SMALL = {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [8]}
 QUANTIZERS = {
     "vq": lambda: VectorQuantizer(16, code_dim=8),
     "vq-rotation": lambda: VectorQuantizer(16, code_dim=8, rotation_trick=True),
@@ -61,6 +63,9 @@ VARIANTS = {
     "vamp": lambda: VampVAE(latent_dim=4, num_pseudo_inputs=5),
     "cvae": lambda: ConditionalVAE(latent_dim=4, num_classes=3),
     **{f"vqvae-{name}": (lambda q=q: VQVAE(quantizer=q(), **VQ)) for name, q in QUANTIZERS.items()},
+    "autoencoder-kl": lambda: AutoencoderKL(image_shape=(3, 16, 16), network_options=LDM_SMALL),
+    "vqvae-ldm-fsq": lambda: VQVAE(network="ldm", latent_dim=3, image_shape=(3, 16, 16), network_options=LDM_SMALL,
+                                   quantizer=FSQ(levels=[4, 3, 2], code_dim=3)),
     "prior": _prior,
 }
 
@@ -99,8 +104,9 @@ def _reference(model: nn.Module, x: torch.Tensor) -> Reference:
                 "decoder": ((q.mean, y), [model.output_to_image(model.decode(q.mean, y))])}
     if isinstance(model, VAE):
         q = model.posterior(x)
-        return {"encoder": ((x,), [q.mean, q.logvar]),
-                "decoder": ((q.mean,), [model.output_to_image(model.decode(q.mean))])}
+        mean, logvar = model.latent_grid(q.mean), model.latent_grid(q.logvar)
+        return {"encoder": ((x,), [mean, logvar]),
+                "decoder": ((mean,), [model.output_to_image(model.decode(mean))])}
     z = model.encode(x)
     return {"encoder": ((x,), [z]), "decoder": ((z,), [model.output_to_image(model.decode(z))])}
 

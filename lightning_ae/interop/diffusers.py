@@ -159,8 +159,8 @@ def read_diffusers_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str,
         raise DiffusersError(f"{weights_path} is not a readable safetensors file: {err}") from None
 
 
-LAYOUT_KEYS = ("_class_name", "in_channels", "out_channels", "down_block_types", "up_block_types",
-               "block_out_channels", "layers_per_block", "act_fn", "latent_channels", "norm_num_groups",
+LAYOUT_KEYS = ("_class_name", "in_channels", "out_channels", "block_out_channels", "layers_per_block",
+               "down_block_types", "up_block_types", "act_fn", "latent_channels", "norm_num_groups",
                "mid_block_add_attention", "use_quant_conv", "use_post_quant_conv", "num_vq_embeddings", "vq_embed_dim",
                "norm_type")
 _DEFAULTS = {"act_fn": "silu", "norm_num_groups": 32, "mid_block_add_attention": True, "use_quant_conv": True,

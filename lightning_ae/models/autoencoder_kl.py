@@ -17,7 +17,8 @@ from lightning_ae.models.base import AutoencoderBase, LossOutput, Stage
 from lightning_ae.models.vae import VAE
 
 Reconstruction = Literal["l1", "l2"]
-_VAE_ONLY = ("likelihood", "gaussian_std", "logistic_mixtures", "beta", "free_bits", "iw_samples", "iw_batch")
+_FIXED = {"likelihood": "gaussian", "gaussian_std": 1.0, "logistic_mixtures": 1, "free_bits": 0.0, "iw_samples": 1,
+          "iw_batch": 1}  # the VAE options that AutoencoderKL sets (its own loss); a checkpoint's hparams repeat them
 
 
 def ldm_nll(output: torch.Tensor, target: torch.Tensor, logvar: torch.Tensor, reconstruction: Reconstruction
@@ -83,7 +84,8 @@ class AutoencoderKL(VAE):
         init_from_diffusers: str | None = None,
         **kwargs: Any,
     ) -> None:
-        given = sorted(set(kwargs) & set(_VAE_ONLY))
+        fixed = {**_FIXED, "beta": kl_weight}
+        given = sorted(k for k in set(kwargs) & set(fixed) if kwargs.pop(k) != fixed[k])
         if given:
             raise ValueError(f"AutoencoderKL has its own loss (kl_weight, reconstruction, logvar_init); {given} are "
                              "options of the VAE")
