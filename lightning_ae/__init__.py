@@ -7,6 +7,7 @@ from lightning_ae.callbacks import (
     LinearProbe,
     PredictionWriter,
     ReconstructionGrid,
+    ReconstructionMetrics,
     SampleGrid,
     linear_probe,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "Quantizer",
     "QuantizerOutput",
     "ReconstructionGrid",
+    "ReconstructionMetrics",
     "ResidualVQ",
     "SampleGrid",
     "SparseAutoencoder",

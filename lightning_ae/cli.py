@@ -199,7 +199,8 @@ def resolve_model_source(args: Sequence[str]) -> Iterator[list[str]]:
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lightning-ae`` and ``python -m lightning_ae``.
 
-    ``lightning-ae export ...`` exports a model (:func:`lightning_ae.export.export_main`); ``--ckpt_path`` takes a
+    ``lightning-ae export ...`` exports a model (:func:`lightning_ae.export.export_main`), ``lightning-ae evaluate
+    ...`` scores one (:func:`lightning_ae.evaluate.evaluate_main`); ``--ckpt_path`` takes a
     model folder too. Bad input (an unknown ``--model``/``--data`` name, a value a class refuses, a ``--ckpt_path``
     that is not a checkpoint of the model) ends with one line on stderr and exit status 2; ``--debug`` or
     ``LIGHTNING_AE_DEBUG=1`` raise it with its traceback instead.
@@ -215,6 +216,10 @@ def main(args: ArgsType = None) -> None:
         from lightning_ae.export import export_main
 
         return export_main(argv[1:], debug)
+    if argv[:1] == ["evaluate"]:
+        from lightning_ae.evaluate import evaluate_main
+
+        return evaluate_main(argv[1:], debug)
     try:
         check_class_arguments(argv)
         with resolve_model_source(argv) as resolved:

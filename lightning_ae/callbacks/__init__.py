@@ -4,6 +4,7 @@ Images reach the loggers through one helper, :func:`log_image` (W&B, TensorBoard
 """
 
 from lightning_ae.callbacks.codebook import CodebookUsageMonitor, usage_figure
+from lightning_ae.callbacks.evaluation import ReconstructionMetrics
 from lightning_ae.callbacks.grid import make_grid
 from lightning_ae.callbacks.images import LatentInterpolation, ReconstructionGrid, SampleGrid
 from lightning_ae.callbacks.latent import LatentSpaceVisualizer, pca_2d, project_2d, scatter_figure
@@ -18,6 +19,7 @@ __all__ = [
     "LinearProbe",
     "PredictionWriter",
     "ReconstructionGrid",
+    "ReconstructionMetrics",
     "SampleGrid",
     "linear_probe",
     "log_image",

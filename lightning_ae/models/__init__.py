@@ -4,6 +4,7 @@
 from lightning_ae.models.autoencoder import Autoencoder
 from lightning_ae.models.autoencoder_kl import AutoencoderKL
 from lightning_ae.models.base import AutoencoderBase
+from lightning_ae.models.classifier import ImageClassifier
 from lightning_ae.models.contractive import ContractiveAutoencoder
 from lightning_ae.models.cvae import ConditionalVAE
 from lightning_ae.models.denoising import DenoisingAutoencoder
@@ -24,6 +25,7 @@ __all__ = [
     "ConditionalVAE",
     "ContractiveAutoencoder",
     "DenoisingAutoencoder",
+    "ImageClassifier",
     "PixelCNNPrior",
     "SparseAutoencoder",
     "VampVAE",
