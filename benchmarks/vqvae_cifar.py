@@ -133,6 +133,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--jpeg-quality", type=int, default=0, help="re-compress the images first (0: no)")
     parser.add_argument("--summarize", action="store_true", help="summarize the result files in --out and exit")
+    parser.add_argument("--save-model", type=Path, default=None,
+                        help="write the trained model as a model folder (for benchmarks/fd_c10.py)")
     args = parser.parse_args()
     if not 0 <= args.jpeg_quality <= 95:
         parser.error(f"--jpeg-quality must be in [1, 95] (0: no re-compression), got {args.jpeg_quality}")
@@ -181,6 +183,8 @@ def main() -> None:
                   f"{step / (time.perf_counter() - start):.2f} steps/s", flush=True)
         if step >= args.steps:
             break
+    if args.save_model:
+        model.save_pretrained(args.save_model)
 
 
 def save(args: argparse.Namespace, variance: float, rows: list[dict[str, float]]) -> None:

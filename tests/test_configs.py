@@ -42,7 +42,8 @@ def test_config_fast_dev_run(
     hparams = torch.load(last, map_location="cpu", weights_only=False)["hyper_parameters"]
     expected = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "folder": (3, 64, 64)}[config.parent.name]
     assert tuple(hparams["image_shape"]) == expected  # linked from the datamodule
-    assert list(Path("logs").rglob("*.png")), f"{config.name}: its callbacks drew no image"
+    if config.stem != "classifier":  # the FD-C10 classifier draws nothing
+        assert list(Path("logs").rglob("*.png")), f"{config.name}: its callbacks drew no image"
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[f"{p.parent.name}/{p.stem}" for p in CONFIGS])

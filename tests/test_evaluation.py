@@ -25,6 +25,7 @@ from lightning_ae.perceptual import (
     VGG16Features,
     WeightsFileError,
     WeightsNotFoundError,
+    load_feature_network,
     lpips_distance,
 )
 
@@ -171,3 +172,30 @@ def test_evaluate_command_prints_one_table(tmp_path: Path, classifier_folder: Pa
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "missing.pth does not exist" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_with_one_process(tmp_path: Path, classifier_folder: Path) -> None:
+    """2 ranks: the yardsticks and AutoencoderKL's scaling factor are those of the whole split, on both ranks."""
+    from lightning_ae import AutoencoderKL
+    from tests.test_vqvae_ddp import run_script
+
+    r0, r1 = run_script("ddp_eval_script.py", tmp_path, str(classifier_folder))
+    assert r0["metrics"] == r1["metrics"] and r0["scaling_factor"] == r1["scaling_factor"]
+    model = AutoencoderKL(image_shape=(1, 16, 16), network_options={"ch": 32, "ch_mult": [1, 2]})
+    model.load_state_dict(r0["state"])
+    model.eval()
+    data = FakeImageDataModule(image_shape=(1, 16, 16), num_train=32, val_size=8, num_test=16, batch_size=4)
+    data.setup("fit")
+    data.setup("test")
+    with torch.no_grad():
+        train = torch.cat([data.on_after_batch_transfer(b, 0)[0] for b in data.train_dataloader()])
+        test = torch.cat([data.on_after_batch_transfer(b, 0)[0] for b in data.test_dataloader()])
+        std = model.encode(train).double().std().item()
+        recon = model(test).clamp(0, 1)
+        mse = (recon - test).pow(2).flatten(1).mean(1)
+        fd = FrechetDistance(load_feature_network(str(classifier_folder)), 32)
+        fd.update(test, recon)
+    assert r0["scaling_factor"] == pytest.approx(1 / std, rel=1e-4)
+    assert r0["metrics"]["test/psnr_per_image"] == pytest.approx((-10 * torch.log10(mse)).mean().item(), rel=1e-4)
+    assert r0["metrics"]["test/fd"] == pytest.approx(fd.compute().item(), rel=1e-3, abs=1e-6)

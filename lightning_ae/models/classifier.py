@@ -76,6 +76,8 @@ class ImageClassifier(PretrainedMixin, LightningModule):
         backbone: images -> ``(B, D)`` features with a ``num_features`` attribute (default :class:`ResNet9`).
         num_classes, image_shape, pixel_range: linked from the datamodule.
         label_smoothing: of the cross-entropy.
+        logit_scale: multiplies the logits (the DAWNBench ResNet-9's 0.125: max-pooled ReLU features are large, and
+            unscaled logits saturate the softmax at the start).
         optimizer: optimizer factory (default: SGD, lr 0.05, Nesterov momentum 0.9, weight decay 5e-4).
         lr_scheduler: optional scheduler factory (stepped per epoch).
     """
@@ -87,6 +89,7 @@ class ImageClassifier(PretrainedMixin, LightningModule):
         image_shape: tuple[int, int, int] = (3, 32, 32),
         pixel_range: tuple[float, float] = (0.0, 1.0),
         label_smoothing: float = 0.0,
+        logit_scale: float = 0.125,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -101,7 +104,7 @@ class ImageClassifier(PretrainedMixin, LightningModule):
         self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
         self.backbone = backbone if backbone is not None else ResNet9(self.image_shape[0])
         self.head = nn.Linear(self.backbone.num_features, num_classes)
-        self.label_smoothing = label_smoothing
+        self.label_smoothing, self.logit_scale = label_smoothing, logit_scale
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
 
@@ -110,7 +113,7 @@ class ImageClassifier(PretrainedMixin, LightningModule):
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, num_classes) logits
-        return self.head(self.features(x))
+        return self.head(self.features(x)) * self.logit_scale
 
     def _step(self, raw: Any, stage: str) -> torch.Tensor:
         batch = Batch.of(raw)
