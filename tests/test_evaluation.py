@@ -199,3 +199,19 @@ def test_ddp_ranks_agree_with_one_process(tmp_path: Path, classifier_folder: Pat
     assert r0["scaling_factor"] == pytest.approx(1 / std, rel=1e-4)
     assert r0["metrics"]["test/psnr_per_image"] == pytest.approx((-10 * torch.log10(mse)).mean().item(), rel=1e-4)
     assert r0["metrics"]["test/fd"] == pytest.approx(fd.compute().item(), rel=1e-3, abs=1e-6)
+
+
+def test_test_subcommand_logs_the_yardsticks_of_an_appended_callback(tiny_data_dir: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's command: ``lightning-ae test ... --trainer.callbacks+=lightning_ae.ReconstructionMetrics``."""
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).parents[1] / "configs" / "mnist" / "ae.yaml"
+    data = ["--data.init_args.data_dir", str(tiny_data_dir), "--data.init_args.download", "false",
+            "--data.init_args.val_size", "16", "--trainer.accelerator", "cpu", "--trainer.devices", "1"]
+    main(["fit", "--config", str(config), *data, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1"])
+    main(["test", "--config", str(config), *data, "--ckpt_path", "checkpoints/mnist_ae/last.ckpt",
+          "--trainer.callbacks+=lightning_ae.ReconstructionMetrics", "--trainer.callbacks.metrics", "[psnr, ssim]",
+          "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "logs"])
+    (metrics,) = Path("logs").rglob("metrics.csv")
+    header = metrics.read_text().splitlines()[0].split(",")
+    assert {"test/psnr_per_image", "test/ssim", "test/psnr"} <= set(header)

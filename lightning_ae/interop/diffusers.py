@@ -211,7 +211,8 @@ def load_diffusers_weights(model: nn.Module, folder: str | Path) -> None:
 
 def autoencoder_kl_arguments(folder: str | Path) -> dict[str, Any]:
     """The :class:`~lightning_ae.AutoencoderKL` arguments of the layout in a ``diffusers.AutoencoderKL`` folder:
-    ``latent_dim``, ``network_options``, ``image_shape`` and ``scaling_factor``.
+    ``latent_dim``, ``network_options``, ``image_shape``, ``scaling_factor`` and ``pixel_range`` (-1, 1), the range
+    diffusers' VAEs work on.
 
     Raises:
         DiffusersError: for a folder of another class, or a layout the LDM networks do not build.
@@ -244,7 +245,7 @@ def autoencoder_kl_arguments(folder: str | Path) -> dict[str, Any]:
                "resolution": size, "mid_attention": bool(config.get("mid_block_add_attention", True)),
                "quant_conv": bool(config.get("use_quant_conv", True))}
     return {"latent_dim": int(config.get("latent_channels", 4)), "network": "ldm", "network_options": options,
-            "image_shape": (int(config.get("in_channels", 3)), size, size),
+            "image_shape": (int(config.get("in_channels", 3)), size, size), "pixel_range": (-1.0, 1.0),
             "scaling_factor": float(config.get("scaling_factor", 0.18215))}
 
 
