@@ -236,3 +236,14 @@ def test_finetune_config_starts_from_the_diffusers_weights(tiny_image_folder: Pa
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "layers_per_block=2" in err and len(err.splitlines()) == 1
+
+
+def test_bf16_autocast_keeps_the_loss_sums_in_fp32() -> None:
+    model = small_kl()
+    x = images(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.loss_terms(x, "train")
+    assert out.loss.dtype == torch.float32 and out.terms["kl"].dtype == torch.float32
+    torch.manual_seed(0)
+    reference = model.loss_terms(x, "train").loss
+    assert out.loss.item() == pytest.approx(reference.item(), rel=0.05)

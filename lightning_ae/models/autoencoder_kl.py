@@ -12,6 +12,7 @@ from typing import Any, Literal
 import torch
 
 from lightning_ae.batch import Batch
+from lightning_ae.distributions import DiagonalGaussian
 from lightning_ae.metrics import LatentStd
 from lightning_ae.models.base import AutoencoderBase, LossOutput, Stage
 from lightning_ae.models.vae import VAE
@@ -36,7 +37,7 @@ def ldm_nll(output: torch.Tensor, target: torch.Tensor, logvar: torch.Tensor, re
     Returns:
         ``(nll, rec)``: the per-image NLL ``(B,)`` and the per-pixel reconstruction error ``(B, C, H, W)``.
     """
-    diff = target - output
+    diff = target.float() - output.float()  # fp32 under bf16 autocast: the sum runs over every pixel
     rec = diff.abs() if reconstruction == "l1" else diff.pow(2)
     return (rec * torch.exp(-logvar) + logvar).sum(dim=(1, 2, 3)), rec
 
@@ -135,6 +136,11 @@ class AutoencoderKL(VAE):
             load_diffusers_weights(self, self.init_from_diffusers)
             self._diffusers_loaded = True
         super().setup(stage)
+
+    def posterior(self, x: torch.Tensor) -> DiagonalGaussian:
+        """As :meth:`VAE.posterior`, in fp32 under mixed precision (the KL sums over every latent value)."""
+        q = super().posterior(x)
+        return DiagonalGaussian(q.mean.float(), q.logvar.float())
 
     def reconstruction_nll(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """:func:`ldm_nll` per image ``(B,)``."""
