@@ -178,3 +178,89 @@ def contractive_penalty_stochastic(
         total = total + jtv.pow(2).flatten(1).sum(dim=1)
     return total / num_projections
 
+
+
+# ---- adversarial training (VQGAN, latent diffusion's autoencoders) -------------------------------------------
+AdversarialLoss = Literal["hinge", "vanilla", "lsgan"]
+
+
+def discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor, kind: AdversarialLoss) -> torch.Tensor:
+    """The discriminator's loss on its logits for real and reconstructed images (any shapes; PatchGAN maps).
+
+    * ``hinge`` (Lim & Ye 2017; taming's ``hinge_d_loss``): ``1/2 (E[relu(1 - D(x))] + E[relu(1 + D(x_hat))])``;
+    * ``vanilla`` (Goodfellow et al. 2014, eq. 1; taming's ``vanilla_d_loss``):
+      ``1/2 (E[softplus(-D(x))] + E[softplus(D(x_hat))])``, the binary cross-entropy of the logits;
+    * ``lsgan`` (Mao et al. 2017, eq. 2 with a=0, b=1): ``1/2 (E[(D(x) - 1)^2] + E[D(x_hat)^2])``.
+
+    >>> discriminator_loss(torch.tensor([2.0, 0.0]), torch.tensor([-0.5]), "hinge").item()
+    0.5
+    """
+    real, fake = logits_real.float(), logits_fake.float()
+    if kind == "hinge":
+        return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
+    if kind == "vanilla":
+        return 0.5 * (F.softplus(-real).mean() + F.softplus(fake).mean())
+    if kind == "lsgan":
+        return 0.5 * ((real - 1.0).pow(2).mean() + fake.pow(2).mean())
+    raise ValueError(f"adversarial loss must be 'hinge', 'vanilla' or 'lsgan', got {kind!r}")
+
+
+def generator_loss(logits_fake: torch.Tensor, kind: AdversarialLoss) -> torch.Tensor:
+    """The generator's adversarial loss on the discriminator's logits for its reconstructions.
+
+    * ``hinge`` (taming's VQGAN): ``-E[D(x_hat)]``;
+    * ``vanilla``: the non-saturating loss ``E[softplus(-D(x_hat))]`` (Goodfellow et al. 2014, sec. 3);
+    * ``lsgan``: ``E[(D(x_hat) - 1)^2]`` (Mao et al. 2017, eq. 2 with c=1).
+
+    >>> round(generator_loss(torch.zeros(3), "vanilla").item(), 4)
+    0.6931
+    """
+    fake = logits_fake.float()
+    if kind == "hinge":
+        return -fake.mean()
+    if kind == "vanilla":
+        return F.softplus(-fake).mean()
+    if kind == "lsgan":
+        return (fake - 1.0).pow(2).mean()
+    raise ValueError(f"adversarial loss must be 'hinge', 'vanilla' or 'lsgan', got {kind!r}")
+
+
+def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
+                    max_weight: float = 1e4, eps: float = 1e-4) -> torch.Tensor:
+    """VQGAN's adaptive weight of the adversarial term (Esser et al. 2021, eq. 7):
+    ``lambda = ||grad_{G_L} L_rec|| / (||grad_{G_L} L_GAN|| + eps)``, clamped to ``[0, max_weight]`` and detached,
+    the gradients taken with respect to the decoder's last layer ``G_L`` (the norms in fp32).
+
+    Both losses must still hold their graphs (the gradients are taken with ``retain_graph=True``).
+    """
+    rec_grad, = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)
+    g_grad, = torch.autograd.grad(g_loss, last_layer, retain_graph=True)
+    weight = rec_grad.float().norm() / (g_grad.float().norm() + eps)
+    return weight.clamp(0.0, max_weight).detach()
+
+
+def lecam_regularization(logits_real: torch.Tensor, logits_fake: torch.Tensor, ema_real: torch.Tensor,
+                         ema_fake: torch.Tensor) -> torch.Tensor:
+    """LeCam regularisation of the discriminator (Tseng et al. 2021, eq. 3):
+    ``R_LC = E[||D(x) - alpha_F||^2] + E[||D(G(z)) - alpha_R||^2]``, ``alpha_R`` / ``alpha_F`` being exponential
+    moving averages of the discriminator's mean logits on real and fake images (given, not updated here).
+
+    >>> lecam_regularization(torch.tensor([1.0]), torch.tensor([-1.0]), torch.tensor(0.5), torch.tensor(-0.5)).item()
+    4.5
+    """
+    return (logits_real.float() - ema_fake).pow(2).mean() + (logits_fake.float() - ema_real).pow(2).mean()
+
+
+def r1_penalty(logits_real: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """The R1 gradient penalty (Mescheder et al. 2018, eq. 9, without its ``gamma / 2``):
+    ``E_x[||grad_x D(x)||^2]``, ``real`` having required gradients when ``logits_real`` was computed.
+
+    The penalty is differentiable (``create_graph=True``), so it trains the discriminator.
+    """
+    grad, = torch.autograd.grad(logits_real.float().sum(), real, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
+
+
+def adopt_weight(weight: float, step: int, start: int) -> float:
+    """``weight`` from optimizer step ``start`` on, 0 before (taming's ``adopt_weight``: ``disc_start``)."""
+    return weight if step >= start else 0.0
