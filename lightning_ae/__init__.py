@@ -25,6 +25,7 @@ from lightning_ae.metrics import CodebookUsage
 from lightning_ae.models import (
     IWAE,
     VAE,
+    VQGAN,
     VQVAE,
     Autoencoder,
     AutoencoderBase,
@@ -45,6 +46,7 @@ __all__ = [
     "IWAE",
     "LFQ",
     "VAE",
+    "VQGAN",
     "VQVAE",
     "ArrayDataModule",
     "Autoencoder",

@@ -121,6 +121,12 @@ VARIANTS: dict[str, list[str]] = {
     "vqvae": ["--model", "VQVAE", *VQ_SMALL, "--model.quantizer.kmeans_init", "true",
               "--model.quantizer.restart_threshold", "1.0"],
     "prior": ["--model", "PixelCNNPrior", "--model.channels", "8", "--model.num_layers", "2"],
+    # two optimizers (manual optimization), the discriminator starting at step 4, before the kill at step 7
+    "vqgan": ["--model", "VQGAN", "--model.latent_dim", "8", "--model.network_options", '{"ch": 32, "ch_mult": [1, 2]}',
+              "--model.quantizer", "VectorQuantizer", "--model.quantizer.num_codes", "16",
+              "--model.quantizer.code_dim", "8", "--model.discriminator", "lightning_ae.nets.PatchGANDiscriminator",
+              "--model.discriminator.in_channels", "1", "--model.discriminator.ndf", "16",
+              "--model.discriminator.n_layers", "2", "--model.disc_start", "4", "--model.lecam_weight", "0.1"],
 }
 
 

@@ -13,11 +13,13 @@ from lightning_ae.models.prior import PixelCNNPrior
 from lightning_ae.models.sparse import SparseAutoencoder
 from lightning_ae.models.vae import VAE
 from lightning_ae.models.vamp import VampVAE
+from lightning_ae.models.vqgan import VQGAN
 from lightning_ae.models.vqvae import VQVAE
 
 __all__ = [
     "IWAE",
     "VAE",
+    "VQGAN",
     "VQVAE",
     "Autoencoder",
     "AutoencoderBase",

@@ -6,6 +6,7 @@ from the training data so that a diffusion model sees latents of unit variance. 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ import torch
 from lightning_ae.batch import Batch
 from lightning_ae.distributions import DiagonalGaussian
 from lightning_ae.metrics import LatentStd
+from lightning_ae.models.adversarial import AdversarialMixin
 from lightning_ae.models.base import AutoencoderBase, LossOutput, Stage
 from lightning_ae.models.vae import VAE
 
@@ -42,9 +44,11 @@ def ldm_nll(output: torch.Tensor, target: torch.Tensor, logvar: torch.Tensor, re
     return (rec * torch.exp(-logvar) + logvar).sum(dim=(1, 2, 3)), rec
 
 
-class AutoencoderKL(VAE):
+class AutoencoderKL(AdversarialMixin, VAE):
     """The latent-diffusion KL autoencoder: ``loss = NLL + kl_weight * KL``, both summed per image and averaged
-    over the batch (latent diffusion's ``LPIPSWithDiscriminator`` before its perceptual and adversarial terms).
+    over the batch (latent diffusion's ``LPIPSWithDiscriminator``), with its perceptual and adversarial terms when
+    a ``discriminator`` / ``perceptual`` network is given (:class:`~lightning_ae.models.adversarial.
+    AdversarialMixin`: the perceptual distance is added to each pixel's error before the NLL, as there).
 
     The NLL is :func:`ldm_nll` with the scalar ``logvar`` parameter; the KL is that of the spatial Gaussian
     posterior to N(0, I) (Kingma & Welling 2014, eq. 10). ``scaling_factor`` (a buffer, so it is in checkpoints,
@@ -69,8 +73,10 @@ class AutoencoderKL(VAE):
             ``diffusion_pytorch_model.safetensors``) whose weights initialise the networks when fitting starts
             (``setup("fit")``; a resumed run's checkpoint then replaces them); its layout must match this model's.
             From Python, :meth:`from_diffusers` builds the matching model and loads at once.
-        **kwargs: the other arguments of :class:`~lightning_ae.models.AutoencoderBase` (``pixel_range``: diffusers'
-            VAEs work on ``(-1, 1)``) and the VAE's ``kl_warmup_steps`` and ``active_threshold``.
+        **kwargs: the adversarial options (``discriminator``, ``disc_start``, ``disc_weight``, ``perceptual``...:
+            :class:`~lightning_ae.models.adversarial.AdversarialMixin`), the other arguments of
+            :class:`~lightning_ae.models.AutoencoderBase` (``pixel_range``: diffusers' VAEs work on ``(-1, 1)``) and
+            the VAE's ``kl_warmup_steps`` and ``active_threshold``.
     """
 
     def __init__(
@@ -157,7 +163,19 @@ class AutoencoderKL(VAE):
                  "logvar": self.logvar.detach()}
         out.terms.pop("elbo")  # not an ELBO: the NLL has a learned scale and no normalising constant
         out.terms.update(terms)
+        out.decoded = output
         return out
+
+    def adversarial_reconstruction(self, out: LossOutput, x: torch.Tensor, perceptual: torch.Tensor | None
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent diffusion's: ``perceptual_weight * p`` joins every pixel's error before the NLL, so the NLL
+        grows by ``perceptual_weight * p * C * H * W / exp(logvar)`` per image; the adaptive weight balances the
+        NLL."""
+        nll = out.terms["nll"]
+        if perceptual is None:
+            return out.loss, nll
+        extra = (self.perceptual_weight * perceptual * math.prod(self.image_shape) * torch.exp(-self.logvar)).mean()
+        return out.loss + extra, nll + extra
 
     def batch_loss(self, batch: Batch, stage: Stage) -> LossOutput:
         """The loss; no importance-weighted likelihood in test (:func:`ldm_nll` is not normalised)."""

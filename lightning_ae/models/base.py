@@ -99,11 +99,15 @@ class LossOutput:
         terms: other scalars logged as ``{stage}/<name>`` (loss components, diagnostics).
         latent: the batch's code as the loss computed it (a VAE's posterior mean), detached, for the metrics that
             need it (active units) without encoding the batch a second time; None if the variant gives none.
+        decoded: the decoded images ``(B, C, H, W)`` with their graph, for terms added on top of the variant's
+            loss (the adversarial and perceptual terms of VQGAN and AutoencoderKL); None if the variant gives none.
     """
 
     def __init__(self, loss: torch.Tensor, reconstruction: torch.Tensor | Callable[[], torch.Tensor],
-                 terms: dict[str, torch.Tensor] | None = None, latent: torch.Tensor | None = None) -> None:
+                 terms: dict[str, torch.Tensor] | None = None, latent: torch.Tensor | None = None,
+                 decoded: torch.Tensor | None = None) -> None:
         self.loss = loss
+        self.decoded = decoded
         self.terms = dict(terms or {})
         self.latent = None if latent is None else latent.detach()
         self._reconstruction = reconstruction if callable(reconstruction) and not isinstance(

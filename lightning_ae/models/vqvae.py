@@ -115,7 +115,7 @@ class VQVAE(AutoencoderBase):
         recon = F.mse_loss(x_hat, x)
         return LossOutput(recon / self.data_variance + q.loss, x_hat, {
             "recon": recon, "codebook": q.codebook_loss, "commitment": q.commitment_loss, "perplexity": q.perplexity,
-            **q.terms}, latent=q.indices)
+            **q.terms}, latent=q.indices, decoded=x_hat)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         """As :meth:`AutoencoderBase.predict_step`, plus the code ``"indices"`` ``(B, h, w)``."""

@@ -4,6 +4,7 @@ from lightning_ae.nets.conv import ConvDecoder, ConvEncoder, ResidualBlock, Resi
 from lightning_ae.nets.defaults import LDM_DEFAULTS, NETWORKS, Network, check_network, default_networks
 from lightning_ae.nets.ldm import LDMDecoder, LDMEncoder
 from lightning_ae.nets.mlp import MLPDecoder, MLPEncoder, mlp
+from lightning_ae.nets.patchgan import PatchGANDiscriminator
 from lightning_ae.nets.pixelcnn import GatedMaskedConv2d, GatedPixelCNN
 from lightning_ae.nets.sigmoid import SigmoidEncoder
 
@@ -19,6 +20,7 @@ __all__ = [
     "MLPDecoder",
     "MLPEncoder",
     "Network",
+    "PatchGANDiscriminator",
     "ResidualBlock",
     "ResidualStack",
     "SigmoidEncoder",
