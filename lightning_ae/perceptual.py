@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_ae.configurable import Configurable
 from lightning_ae.errors import InputError
 
 VGG16_FILE = "vgg16-397923af.pth"
@@ -136,34 +137,43 @@ def lpips_distance(features_a: list[torch.Tensor], features_b: list[torch.Tensor
     return total  # type: ignore[return-value]
 
 
-class LPIPS(nn.Module):
+class LPIPS(Configurable, nn.Module):
     """The LPIPS distance with VGG16 (v0.1): images in ``[0, 1]`` ``(B, 3, H, W)`` -> ``(B,)`` (lower is closer).
 
-    Inputs are mapped to ``[-1, 1]`` and shifted and scaled as the ``lpips`` package does before VGG16. Build it
-    with :meth:`from_files`; the constructor gives an untrained network (for tests and for loading by hand).
+    Inputs are mapped to ``[-1, 1]`` and shifted and scaled as the ``lpips`` package does before VGG16. The
+    weights are read from the standard files when it is built (a missing file is one line naming it; there is no
+    untrained fallback), so ``perceptual: {class_path: lightning_ae.perceptual.LPIPS}`` in a config is the real
+    metric.
+
+    Args:
+        vgg: torchvision's VGG16 state dict (default ``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth``).
+        heads: the v0.1 linear heads (default: the installed ``lpips`` package's ``weights/v0.1/vgg.pth``).
+
+    Raises:
+        WeightsNotFoundError: a missing file, named with where to put it.
+        WeightsFileError: a file that is not the network.
     """
 
     SHIFT = (-0.030, -0.088, -0.188)
     SCALE = (0.458, 0.448, 0.450)
 
-    def __init__(self) -> None:
+    def __init__(self, vgg: str | None = None, heads: str | None = None) -> None:
         super().__init__()
         self.net = VGG16Features()
         self.heads = nn.ParameterList(nn.Parameter(torch.ones(c)) for c in LPIPS_CHANNELS)
         self.register_buffer("shift", torch.tensor(self.SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(self.SCALE).view(1, 3, 1, 1), persistent=False)
+        self._load(vgg, heads)
         self.requires_grad_(False)
+        self.eval()
 
     @classmethod
     def from_files(cls, vgg: str | Path | None = None, heads: str | Path | None = None) -> LPIPS:
-        """LPIPS from the torchvision VGG16 state dict (default ``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth``)
-        and the v0.1 linear heads (default: the installed ``lpips`` package's ``weights/v0.1/vgg.pth``).
+        """``LPIPS(vgg, heads)``."""
+        return cls(None if vgg is None else str(vgg), None if heads is None else str(heads))
 
-        Raises:
-            WeightsNotFoundError: a missing file, named with where to put it.
-            WeightsFileError: a file that is not the network.
-        """
-        model = cls()
+    def _load(self, vgg: str | None, heads: str | None) -> None:
+        model = self
         vgg_path = weight_file(vgg, torch_hub_checkpoints() / VGG16_FILE, "LPIPS' VGG16",
                                f"put torchvision's {VGG16_FILE} there or pass its path")
         state = {k.removeprefix("features."): v for k, v in read_state_dict(vgg_path, "VGG16").items()
@@ -177,7 +187,6 @@ class LPIPS(nn.Module):
             if key not in raw or raw[key].numel() != c:
                 raise WeightsFileError(f"{heads_path} is not LPIPS' v0.1 VGG heads: {key} ({c} weights) is missing")
             model.heads[i].data.copy_(raw[key].flatten())
-        return model.eval()
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) x 2 in [0, 1] -> (B,)
         fa, fb = (self.net(((2 * x - 1) - self.shift) / self.scale) for x in (a, b))

@@ -127,3 +127,17 @@ def test_ddp_ranks_stay_bit_identical(strategy: str, tmp_path: Path) -> None:
     assert any(k.startswith("discriminator.") for k in r0["state"])
     for key, value in r0["state"].items():
         assert torch.equal(value, r1["state"][key]), key
+
+
+def test_lpips_perceptual_is_rebuilt_from_its_files_not_stored(tmp_path: Path) -> None:
+    from lightning_ae.perceptual import LPIPS
+    from tests.test_evaluation import write_lpips_files
+
+    vgg, heads = write_lpips_files(tmp_path / "lpips")
+    model = vqgan(perceptual=LPIPS(str(vgg), str(heads)), disc_start=1)
+    t = fit(model, tmp_path, 2)
+    assert any(r.get("train/perceptual") for r in logged(tmp_path))
+    assert not any("perceptual" in k or k.startswith("_perceptual") for k in model.state_dict())
+    t.save_checkpoint(tmp_path / "m.ckpt")
+    again = VQGAN.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True)
+    torch.testing.assert_close(again.perceptual.heads[0].data, model.perceptual.heads[0].data)

@@ -112,7 +112,9 @@ class AdversarialMixin:
         if disc_loss not in ("hinge", "vanilla", "lsgan"):
             raise ValueError(f"disc_loss must be 'hinge', 'vanilla' or 'lsgan', got {disc_loss!r}")
         self.discriminator = discriminator
-        self.perceptual = perceptual.eval().requires_grad_(False) if perceptual is not None else None
+        # kept out of the module tree: its (fixed, standard) weights stay out of checkpoints and model folders,
+        # which rebuild it from its config; it follows the model's device when used
+        self._perceptual = [perceptual.eval().requires_grad_(False)] if perceptual is not None else []
         self.disc_loss, self.disc_start, self.disc_weight, self.disc_factor = disc_loss, disc_start, disc_weight, \
             disc_factor
         self.adaptive, self.perceptual_weight = adaptive, perceptual_weight
@@ -124,12 +126,19 @@ class AdversarialMixin:
         self.register_buffer("lecam_ema", torch.zeros(2))  # moving averages of the real and fake logits
 
     # ---- the generator's terms -------------------------------------------------------------------------------
+    @property
+    def perceptual(self) -> nn.Module | None:
+        """The perceptual network, or ``None``."""
+        return self._perceptual[0] if self._perceptual else None
+
     def perceptual_term(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
         """``perceptual(x_hat, x)`` per image ``(B,)`` on ``[0, 1]`` images, or ``None`` when off."""
-        if self.perceptual is None or self.perceptual_weight == 0:
+        network = self.perceptual
+        if network is None or self.perceptual_weight == 0:
             return None
+        network.to(x.device)
         low, high = self.pixel_range
-        return self.perceptual(((x_hat - low) / (high - low)).clamp(0, 1), ((x - low) / (high - low)).clamp(0, 1))
+        return network(((x_hat - low) / (high - low)).clamp(0, 1), ((x - low) / (high - low)).clamp(0, 1))
 
     def adversarial_reconstruction(self, out: LossOutput, x: torch.Tensor, perceptual: torch.Tensor | None
                                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,7 +207,7 @@ class AdversarialMixin:
                              "disc_start: use --trainer.strategy ddp_find_unused_parameters_true")
 
     def _generator_parameters(self) -> list[nn.Parameter]:
-        skip = {id(p) for m in (self.discriminator, self.perceptual) if m is not None for p in m.parameters()}
+        skip = {id(p) for p in self.discriminator.parameters()}
         return [p for p in self.parameters() if id(p) not in skip]
 
     def configure_optimizers(self) -> Any:
