@@ -23,7 +23,8 @@ def test_config_fast_dev_run(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     if config.parent.name == "folder":  # the root is given on the command line; the cache goes to tmp_path
-        source = ["--data.init_args.root", str(tiny_image_folder), "--data.init_args.data_dir", str(tmp_path)]
+        source = ["--data.init_args.root", str(tiny_image_folder), "--data.init_args.data_dir", str(tmp_path),
+                  "--data.init_args.image_size", "64", "--data.init_args.batch_size", "4"]
     else:
         source = ["--data.init_args.data_dir", str(tiny_data_dir), "--data.init_args.download", "false"]
     data_args = [
