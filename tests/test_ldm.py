@@ -247,3 +247,22 @@ def test_bf16_autocast_keeps_the_loss_sums_in_fp32() -> None:
     torch.manual_seed(0)
     reference = model.loss_terms(x, "train").loss
     assert out.loss.item() == pytest.approx(reference.item(), rel=0.05)
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "vq-rotation", "vq-factorized", "fsq", "lfq", "rvq"])
+def test_vqvae_with_the_ldm_networks_takes_every_quantizer(quantizer: str) -> None:
+    from lightning_ae import LFQ, ResidualVQ
+
+    make = {"vq": lambda: VectorQuantizer(16, code_dim=8), "vq-rotation": lambda: VectorQuantizer(
+        16, code_dim=8, rotation_trick=True), "vq-factorized": lambda: VectorQuantizer(16, code_dim=8, codebook_dim=4),
+            "fsq": lambda: FSQ(levels=[4, 3, 2], code_dim=8), "lfq": lambda: LFQ(num_codes=16, code_dim=8),
+            "rvq": lambda: ResidualVQ(num_quantizers=2, num_codes=16, code_dim=8)}[quantizer]
+    torch.manual_seed(0)
+    model = VQVAE(network="ldm", latent_dim=8, image_shape=(3, 32, 32), network_options=SMALL, quantizer=make())
+    x = images()
+    out = model.loss_terms(x, "train")
+    out.loss.backward()
+    assert out.decoded.shape == x.shape and model.encoder.conv_in.weight.grad is not None
+    indices = model.encode_indices(x)
+    assert indices.shape[-2:] == (8, 8)
+    assert model.decode_indices(indices).shape == x.shape
