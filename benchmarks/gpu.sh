@@ -2,7 +2,8 @@
 # The GPU benchmarks in one run (under 8 minutes on one H100/H200): training throughput of our Trainer.fit path vs
 # the hand-written loop (fp32, bf16 autocast, torch.compile, dataset on the device or crossing the bus), the VAE
 # and VQ-VAE through the same harness, the vector quantizer's forward+backward, and Stable Diffusion's VAE layout
-# (AutoencoderKL at 256x256: images/s and peak memory in fp32, bf16, bf16 + compile).
+# (AutoencoderKL with and without its discriminator) and a VQGAN at 256x256: images/s and peak memory in fp32,
+# bf16, bf16 + compile.
 #
 #   benchmarks/gpu.sh DATA_DIR [OUT_DIR]      # DATA_DIR holds MNIST/raw (the official .gz files)
 #
@@ -79,14 +80,17 @@ echo "== quantizer_speed.py ($impl)"
 timeout "$LIMIT" "$PY" benchmarks/quantizer_speed.py --device "$DEVICE" --rounds "$ROUNDS" --iters 10 \
     --implementations "$impl" --out "$OUT/quantizer_speed.json" 2>&1 | tee "$OUT/quantizer_speed.log"
 
-# Stable Diffusion's VAE layout (AutoencoderKL, 83.65M parameters) at 256x256: images/s and peak memory per precision
-if [ "${GPU_SH_SMOKE:-0}" = 1 ]; then LDM=(--size 32 --batch 2 --small --warmup 1 --steps 1 --repeats 1); else LDM=(--size 256 --batch 8); fi
-for precision in fp32 bf16 bf16_compile; do
-    flags=(--precision "${precision%%_compile}")
-    if [ "$precision" = bf16_compile ]; then flags+=(--compile --compile-backend "$BACKEND"); fi
-    echo "== ldm_step.py $precision"
-    timeout "$LIMIT" "$PY" benchmarks/ldm_step.py --device "$DEVICE" "${LDM[@]}" "${flags[@]}" \
-        --json "$OUT/autoencoder_kl_$precision.json" 2>&1 | tee "$OUT/autoencoder_kl_$precision.log"
+# the latent-diffusion autoencoders at 256x256 through Trainer.fit: Stable Diffusion's VAE layout (83.65M
+# parameters), the same with its PatchGAN, and a taming f16 VQGAN; images/s and peak memory per precision
+if [ "${GPU_SH_SMOKE:-0}" = 1 ]; then LDM=(--size 32 --batch 2 --small --warmup 1 --steps 1 --repeats 1); else LDM=(--size 256 --batch 8 --warmup 3 --steps 15 --repeats 2); fi
+for variant in autoencoder_kl autoencoder_kl_gan vqgan; do
+    for precision in fp32 bf16 bf16_compile; do
+        flags=(--precision "${precision%%_compile}")
+        if [ "$precision" = bf16_compile ]; then flags+=(--compile --compile-backend "$BACKEND"); fi
+        echo "== ldm_step.py $variant $precision"
+        timeout "$LIMIT" "$PY" benchmarks/ldm_step.py --variant "$variant" --device "$DEVICE" "${LDM[@]}" "${flags[@]}" \
+            --json "$OUT/${variant}_$precision.json" 2>&1 | grep -v '^INFO\|LeafSpec\|Tip' | tee "$OUT/${variant}_$precision.log"
+    done
 done
 
 echo "gpu.sh: done in $((SECONDS - start)) s; logs and JSON in $OUT"

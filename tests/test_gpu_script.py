@@ -51,6 +51,7 @@ def test_smoke_mode_runs_every_benchmark_on_cpu(real_mnist_dir: Path, tmp_path: 
         assert result_json["ratio_wall_clock"] > 0 and len(result_json["ours"]) == 1
     assert json.loads((tmp_path / "ae_bf16_compile.json").read_text())["args"]["compile"] is True
     assert json.loads((tmp_path / "quantizer_speed.json").read_text())["device"] == "cpu"
-    for precision in ("fp32", "bf16", "bf16_compile"):
-        ldm = json.loads((tmp_path / f"autoencoder_kl_{precision}.json").read_text())
-        assert ldm["images_per_s"]["median"] > 0 and ldm["compile"] is (precision == "bf16_compile")
+    for variant in ("autoencoder_kl", "autoencoder_kl_gan", "vqgan"):
+        for precision in ("fp32", "bf16", "bf16_compile"):
+            ldm = json.loads((tmp_path / f"{variant}_{precision}.json").read_text())
+            assert ldm["images_per_s"]["median"] > 0 and ldm["compile"] is (precision == "bf16_compile")
