@@ -15,9 +15,11 @@ from lightning_ae import (
     FSQ,
     LFQ,
     VAE,
+    VQGAN,
     VQVAE,
     Autoencoder,
     AutoencoderBase,
+    AutoencoderKL,
     ContractiveAutoencoder,
     DenoisingAutoencoder,
     FakeImageDataModule,
@@ -26,7 +28,7 @@ from lightning_ae import (
     SparseAutoencoder,
     VectorQuantizer,
 )
-from lightning_ae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from lightning_ae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, PatchGANDiscriminator
 from lightning_ae.pretrained import from_config, load_model
 
 VARIANTS = {
@@ -130,6 +132,11 @@ PYTHON_BUILT = {
                                    decoder=MLPDecoder((1, 28, 28), 5, hidden_dims=(32,)), latent_dim=5),
     "vae-conv-nets": lambda: VAE(encoder=ConvEncoder((1, 28, 28), 8, hidden_channels=16),
                                  decoder=ConvDecoder((1, 28, 28), 4, hidden_channels=16), latent_dim=4),
+    "autoencoder-kl-gan": lambda: AutoencoderKL(image_shape=(1, 16, 16), network_options={"ch": 32, "ch_mult": [1, 2]},
+                                                discriminator=PatchGANDiscriminator(1, ndf=8, n_layers=2)),
+    "vqgan-fsq": lambda: VQGAN(image_shape=(3, 16, 16), latent_dim=3, network_options={"ch": 32, "ch_mult": [1, 2]},
+                               quantizer=FSQ(levels=[4, 3, 2], code_dim=3),
+                               discriminator=PatchGANDiscriminator(ndf=8, n_layers=2, norm="group")),
 }
 
 
