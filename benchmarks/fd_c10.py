@@ -86,7 +86,7 @@ def main() -> None:
                                  batch_size=250)
         figures = evaluate_model(model, data, ["psnr", "ssim", "fd"], "test", "cpu", 1,
                                  feature_network=args.classifier, fd_name="fd_c10")
-        result["models"][name] = {"path": path, **figures}
+        result["models"][name] = figures
         print(f"{name}: PSNR {figures['test/psnr_per_image']:.2f} dB per image ({figures['test/psnr']:.2f} of the "
               f"split's MSE), SSIM {figures['test/ssim']:.4f}, FD-C10 {figures['test/fd_c10']:.3f}")
     result["seconds"] = time.perf_counter() - start

@@ -266,3 +266,15 @@ def test_vqvae_with_the_ldm_networks_takes_every_quantizer(quantizer: str) -> No
     indices = model.encode_indices(x)
     assert indices.shape[-2:] == (8, 8)
     assert model.decode_indices(indices).shape == x.shape
+
+
+def test_a_trained_autoencoder_kl_folder_loads_through_load_model(tmp_path: Path) -> None:
+    """The generic loader (evaluate, export, fd_c10.py) parses the folder's config against the class: the VAE
+    options AutoencoderKL fixes must not get in the way."""
+    from lightning_ae.pretrained import load_model
+
+    model = small_kl(scaling_factor=0.4).eval()
+    loaded = load_model(str(model.save_pretrained(tmp_path / "kl"))).eval()
+    assert type(loaded) is AutoencoderKL and loaded.scaling_factor.item() == pytest.approx(0.4)
+    x = images()
+    torch.testing.assert_close(loaded(x), model(x))

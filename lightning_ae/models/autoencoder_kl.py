@@ -6,6 +6,7 @@ from the training data so that a diffusion model sees latents of unit variance. 
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -92,7 +93,10 @@ class AutoencoderKL(AdversarialMixin, VAE):
         **kwargs: Any,
     ) -> None:
         fixed = {**_FIXED, "beta": kl_weight}
-        given = sorted(k for k in set(kwargs) & set(fixed) if kwargs.pop(k) != fixed[k])
+        vae_defaults = {k: p.default for k, p in inspect.signature(VAE.__init__).parameters.items() if k in fixed}
+        # a checkpoint's hparams repeat the fixed values, and a config parser may fill in the VAE's defaults: both
+        # are ignored; any other value of these VAE options is an error
+        given = sorted(k for k in set(kwargs) & set(fixed) if kwargs.pop(k) not in (fixed[k], vae_defaults[k]))
         if given:
             raise ValueError(f"AutoencoderKL has its own loss (kl_weight, reconstruction, logvar_init); {given} are "
                              "options of the VAE")
