@@ -141,3 +141,9 @@ def test_lpips_perceptual_is_rebuilt_from_its_files_not_stored(tmp_path: Path) -
     t.save_checkpoint(tmp_path / "m.ckpt")
     again = VQGAN.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True)
     torch.testing.assert_close(again.perceptual.heads[0].data, model.perceptual.heads[0].data)
+
+
+def test_the_models_clipping_and_accumulation_need_a_discriminator() -> None:
+    """One owner per option: without a discriminator, clipping and accumulation are the Trainer's."""
+    with pytest.raises(ValueError, match="without one use the Trainer's gradient_clip_val"):
+        VQGAN(image_shape=(3, 16, 16), latent_dim=8, network_options=NET, gradient_clip_norm=1.0)

@@ -109,6 +109,10 @@ class AdversarialMixin:
         for name, value, low in checks:
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
+        if discriminator is None and (gradient_clip_norm or disc_gradient_clip_norm or accumulate_grad_batches > 1):
+            raise ValueError("gradient_clip_norm, disc_gradient_clip_norm and accumulate_grad_batches are for training "
+                             "with a discriminator; without one use the Trainer's gradient_clip_val and "
+                             "accumulate_grad_batches")
         if disc_loss not in ("hinge", "vanilla", "lsgan"):
             raise ValueError(f"disc_loss must be 'hinge', 'vanilla' or 'lsgan', got {disc_loss!r}")
         self.discriminator = discriminator

@@ -1,0 +1,106 @@
+"""Does the GAN do its job? The same networks and quantizer (configs/cifar10/vqgan.yaml's: LDM networks of 64
+channels, f4, 1,024-code VQ with k-means and restarts) trained on CIFAR-10 for the same wall-clock budget as a
+VQ-VAE (L1 + the quantizer's loss: ``VQGAN`` without a discriminator) and as a VQGAN (+ the PatchGAN's hinge loss,
+adaptive weight, from a third of the budget on; perceptual off: the LPIPS weights cannot be had here); likewise
+AutoencoderKL without and with its discriminator. Scored on the 10,000 test images: PSNR, SSIM and FD-C10
+(benchmarks/fd_c10.py's protocol). One JSON per run in ``--out``.
+
+    python benchmarks/gan_quality.py --model vqgan --minutes 20 --seed 0 --classifier cifar10-classifier
+    python benchmarks/gan_quality.py --model vqvae --minutes 20 --seed 0 --classifier cifar10-classifier
+
+Two runs may share a 2-core machine with ``--threads 1`` each (both then get one core for the same budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+
+from lightning_ae import VQGAN, AutoencoderKL, CIFAR10DataModule, VectorQuantizer
+from lightning_ae.evaluate import evaluate_model
+from lightning_ae.nets import PatchGANDiscriminator
+
+NET = {"ch": 64, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": []}
+MODELS = ("vqvae", "vqgan", "kl", "kl_gan")
+NEVER = 10**12
+
+
+def build(name: str) -> torch.nn.Module:
+    common: dict[str, Any] = {"image_shape": (3, 32, 32), "pixel_range": (-1.0, 1.0), "network_options": NET,
+                              "disc_start": NEVER}
+    if name.endswith("gan"):  # clipped by the model (manual optimization); the others by the Trainer, the same norm
+        common |= {"discriminator": PatchGANDiscriminator(ndf=64, n_layers=2), "gradient_clip_norm": 1.0,
+                   "disc_gradient_clip_norm": 1.0}
+    if name.startswith("vq"):
+        return VQGAN(latent_dim=64, quantizer=VectorQuantizer(1024, code_dim=64, kmeans_init=True,
+                                                              restart_threshold=1.0),
+                     optimizer=lambda p: torch.optim.Adam(p, lr=2e-4, betas=(0.5, 0.9)), disc_weight=0.8, **common)
+    return AutoencoderKL(optimizer=lambda p: torch.optim.Adam(p, lr=4e-4, betas=(0.5, 0.9)), disc_weight=0.5,
+                         **common)
+
+
+class StartDiscriminator(Callback):
+    """Sets ``disc_start`` to the current generator step once ``fraction`` of the budget has passed."""
+
+    def __init__(self, budget_s: float, fraction: float) -> None:
+        self.at, self.start, self.step = budget_s * fraction, 0.0, None
+
+    def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.step is None and time.perf_counter() - self.start >= self.at:
+            self.step = trainer.global_step
+            if pl_module.discriminator is not None:
+                pl_module.disc_start = self.step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=MODELS, required=True)
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--cifar-dir", default=os.environ.get("LIGHTNING_AE_CIFAR10"))
+    parser.add_argument("--classifier", required=True, help="the FD-C10 classifier's model folder")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    if not args.cifar_dir:
+        parser.error("--cifar-dir (or LIGHTNING_AE_CIFAR10) must name the folder holding cifar-10-batches-py")
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    model = build(args.model)
+    data = CIFAR10DataModule(data_dir=args.cifar_dir, download=False, pixel_range=(-1.0, 1.0),
+                             batch_size=args.batch_size, val_size=5000, seed=args.seed)
+    budget = args.minutes * 60
+    starter = StartDiscriminator(budget, 1 / 3)
+    trainer = Trainer(max_time={"seconds": budget}, accelerator="cpu", devices=1, logger=False, limit_val_batches=0,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0, callbacks=[starter], max_epochs=-1,
+                      **({} if args.model.endswith("gan") else {"gradient_clip_val": 1.0}))
+    trainer.fit(model, datamodule=data)
+    steps = trainer.global_step
+    score_data = CIFAR10DataModule(data_dir=args.cifar_dir, download=False, pixel_range=(-1.0, 1.0), batch_size=250)
+    figures = evaluate_model(model, score_data, ["psnr", "ssim", "fd"], "test", "cpu", 1,
+                             feature_network=args.classifier, fd_name="fd_c10")
+    result = {"model": args.model, "seed": args.seed, "minutes": args.minutes, "threads": args.threads,
+              "steps": steps, "disc_start_step": starter.step if args.model.endswith("gan") else None,
+              **figures, "torch": torch.__version__}
+    print(json.dumps(result))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"gan_quality_{args.model}_seed{args.seed}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main()
