@@ -60,8 +60,9 @@ class AdversarialMixin:
     as it is (automatic optimization).
 
     Args:
-        discriminator: an ``nn.Module`` from images to real/fake logits (:class:`~lightning_ae.nets.PatchGAN
-            Discriminator`), like the encoder and decoder; ``None``: no adversarial term.
+        discriminator: an ``nn.Module`` from images to real/fake logits
+            (:class:`~lightning_ae.nets.PatchGANDiscriminator`), like the encoder and decoder; ``None``: no
+            adversarial term.
         disc_loss: ``hinge`` (VQGAN, latent diffusion), ``vanilla`` (non-saturating) or ``lsgan``.
         disc_start: generator steps before which neither the generator's adversarial term nor the discriminator
             trains (latent diffusion's KL-f8: 50001).

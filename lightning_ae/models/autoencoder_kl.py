@@ -48,8 +48,9 @@ def ldm_nll(output: torch.Tensor, target: torch.Tensor, logvar: torch.Tensor, re
 class AutoencoderKL(AdversarialMixin, VAE):
     """The latent-diffusion KL autoencoder: ``loss = NLL + kl_weight * KL``, both summed per image and averaged
     over the batch (latent diffusion's ``LPIPSWithDiscriminator``), with its perceptual and adversarial terms when
-    a ``discriminator`` / ``perceptual`` network is given (:class:`~lightning_ae.models.adversarial.
-    AdversarialMixin`: the perceptual distance is added to each pixel's error before the NLL, as there).
+    a ``discriminator`` / ``perceptual`` network is given
+    (:class:`~lightning_ae.models.adversarial.AdversarialMixin`: the perceptual distance is added to each pixel's
+    error before the NLL, as there).
 
     The NLL is :func:`ldm_nll` with the scalar ``logvar`` parameter; the KL is that of the spatial Gaussian
     posterior to N(0, I) (Kingma & Welling 2014, eq. 10). ``scaling_factor`` (a buffer, so it is in checkpoints,
