@@ -55,9 +55,10 @@ class DiagonalGaussian:
 
     @classmethod
     def from_params(cls, params: torch.Tensor) -> DiagonalGaussian:
-        """Splits ``(B, 2D)`` encoder outputs into mean and log-variance halves."""
-        mean, logvar = params.chunk(2, dim=-1)
-        return cls(mean, logvar)
+        """Splits encoder outputs ``(B, 2D)``, or a spatial ``(B, 2D, h, w)``, into mean and log-variance halves
+        along dimension 1, each flattened to ``(B, D * h * w)``."""
+        mean, logvar = params.chunk(2, dim=1)
+        return cls(mean.flatten(1), logvar.flatten(1))
 
     def mode(self) -> torch.Tensor:
         """The most likely point, the mean: the deterministic code."""

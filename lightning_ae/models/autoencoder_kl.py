@@ -150,8 +150,7 @@ class AutoencoderKL(AdversarialMixin, VAE):
 
     def posterior(self, x: torch.Tensor) -> DiagonalGaussian:
         """As :meth:`VAE.posterior`, in fp32 under mixed precision (the KL sums over every latent value)."""
-        q = super().posterior(x)
-        return DiagonalGaussian(q.mean.float(), q.logvar.float())
+        return DiagonalGaussian.from_params(self.posterior_params(x).float())
 
     def reconstruction_nll(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """:func:`ldm_nll` per image ``(B,)``."""

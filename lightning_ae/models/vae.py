@@ -105,16 +105,20 @@ class VAE(AutoencoderBase):
         """The validation :class:`ActiveUnits` metric of the current epoch."""
         return self.stage_metric("val", "active_units")  # type: ignore[return-value]
 
-    def posterior(self, x: torch.Tensor) -> DiagonalGaussian:
-        """``q(z|x)`` of images ``(B, C, H, W)``: a :class:`DiagonalGaussian` over ``(B, latent_size)`` (a spatial
-        latent flattened; :meth:`latent_grid` gives it its shape back)."""
+    def posterior_params(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output for images ``(B, C, H, W)``, checked: ``(B, 2 * latent_dim, *latent_shape[1:])``,
+        the means then the log-variances."""
         params = self.encoder(x)
         expected = (2 * self.latent_dim, *self.latent_shape[1:])
         if tuple(params.shape[1:]) != expected:
             raise ValueError(f"the encoder must output (B, {', '.join(map(str, expected))}) (mean, log-variance "
                              f"of latent_dim={self.latent_dim}), got {tuple(params.shape)}")
-        mean, logvar = params.chunk(2, dim=1)
-        return DiagonalGaussian(mean.flatten(1), logvar.flatten(1))
+        return params
+
+    def posterior(self, x: torch.Tensor) -> DiagonalGaussian:
+        """``q(z|x)`` of images ``(B, C, H, W)``: a :class:`DiagonalGaussian` over ``(B, latent_size)`` (a spatial
+        latent flattened; :meth:`latent_grid` gives it its shape back)."""
+        return DiagonalGaussian.from_params(self.posterior_params(x))
 
     def latent_grid(self, z: torch.Tensor) -> torch.Tensor:
         """Flat latents ``(..., latent_size)`` -> ``(..., *latent_shape)``."""
