@@ -39,7 +39,7 @@ from lightning_ae.losses import (
     lecam_regularization,
     r1_penalty,
 )
-from lightning_ae.models.base import LossOutput, build_optimization, check_finite, logs_this_step
+from lightning_ae.models.base import LossOutput, build_optimization
 from lightning_ae.quantizers.functional import all_reduce_sum
 
 
@@ -256,14 +256,8 @@ class AdversarialMixin:
                 self._step_optimizer(opt_d, self.disc_gradient_clip_norm, through_lightning=False)
             self.untoggle_optimizer(opt_d)
             terms.update(d_terms)
-        self._log_adversarial(LossOutput(g_loss, out.decoded.detach(), terms), x.shape[0])
+        self.log_terms(LossOutput(g_loss, out.decoded.detach(), terms), "train", x.shape[0])
         return None
-
-    def _log_adversarial(self, out: LossOutput, batch_size: int) -> None:
-        if logs_this_step(self):
-            check_finite(out, "train", self.global_step)
-            self.log_dict({f"train/{k}": v for k, v in out.logged().items()}, on_step=True, on_epoch=False,
-                          batch_size=batch_size)
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()

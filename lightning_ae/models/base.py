@@ -358,17 +358,21 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
         batch = self.batch_of(raw)
         x = batch.images
         out = self.batch_loss(batch, stage)
-        logs = stage != "train" or logs_this_step(self)
-        if logs:  # the finiteness check syncs with the host: only on the steps that log
-            check_finite(out, stage, self.global_step)
-            self.log_dict({f"{stage}/{k}": v for k, v in out.logged().items()}, on_step=stage == "train",
-                          on_epoch=stage != "train", sync_dist=stage != "train", batch_size=x.shape[0])
+        self.log_terms(out, stage, x.shape[0])
         self._update_stage_metrics(stage, batch, out)
         if stage != "train":
             metrics = self.metrics[stage]
             metrics.update(out.reconstruction.detach().clamp(*self.pixel_range).contiguous(), x.contiguous())
             self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=x.shape[0])
         return x, out
+
+    def log_terms(self, out: LossOutput, stage: Stage, batch_size: int) -> None:
+        """Logs ``out``'s loss and terms as ``{stage}/<name>`` (per step in training, only on the steps that log
+        (:func:`logs_this_step`); per epoch, synchronised, otherwise), after checking the loss is finite."""
+        if stage != "train" or logs_this_step(self):  # the finiteness check syncs with the host: only when logging
+            check_finite(out, stage, self.global_step)
+            self.log_dict({f"{stage}/{k}": v for k, v in out.logged().items()}, on_step=stage == "train",
+                          on_epoch=stage != "train", sync_dist=stage != "train", batch_size=batch_size)
 
     def on_validation_epoch_start(self) -> None:
         self.metrics["val"].reset()  # re-created in the loop's grad mode: an earlier trainer.validate() ran
