@@ -219,7 +219,7 @@ def _write_set(model: nn.Module, graphs: Sequence[Graph], fmt: str, folder: Path
     (folder / SIDECAR).write_text(json.dumps(sidecar(model, graphs, fmt), indent=2) + "\n")
 
 
-def move_into_place(staged: Path, out: Path, last: str = SIDECAR) -> None:
+def _move_into_place(staged: Path, out: Path, last: str = SIDECAR) -> None:
     """Moves the verified files of ``staged`` into ``out``: the folder itself when ``out`` does not exist, else
     file by file (each an atomic rename), ``last`` (the sidecar or config) last, so a reader never sees a
     description that does not describe the files beside it."""
@@ -230,6 +230,30 @@ def move_into_place(staged: Path, out: Path, last: str = SIDECAR) -> None:
     for file in files:
         os.replace(file, out / file.name)
     staged.rmdir()
+
+
+@contextmanager
+def staged_folder(model: nn.Module, out: str | Path, last: str = SIDECAR) -> Iterator[Path]:
+    """A temporary folder beside ``out`` to write an export of ``model`` into, the model in eval mode: when the
+    block ends without an error its files are moved into ``out`` (:func:`_move_into_place`, ``last`` last); the
+    folder is removed and the model's mode restored either way, so a refused export leaves ``out`` as it was.
+
+    Raises:
+        ExportError: when ``out`` is a file.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    training = model.training
+    model.eval()
+    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield staged
+        _move_into_place(staged, out, last)
+    finally:
+        model.train(training)
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 # ---- the entry point -----------------------------------------------------------------------------------------------
@@ -270,20 +294,9 @@ def export_model(
         return export_diffusers(model, out, verify, atol)
     if format == "onnx":
         _require_onnx()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} is a file, not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    training = model.training
-    model.eval()
-    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with staged_folder(model, out) as staged:
         _write_set(model, export_graphs(model), format, staged, verify, atol, opset)
-        move_into_place(staged, out)
-    finally:
-        model.train(training)
-        shutil.rmtree(staged, ignore_errors=True)
-    return out / SIDECAR
+    return Path(out) / SIDECAR
 
 
 # ---- the command line --------------------------------------------------------------------------------------------

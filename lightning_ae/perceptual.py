@@ -25,6 +25,7 @@ from torch import nn
 
 from lightning_ae.configurable import Configurable
 from lightning_ae.errors import InputError
+from lightning_ae.pretrained import state_dict_mismatch
 
 VGG16_FILE = "vgg16-397923af.pth"
 LPIPS_HEADS_FILE = "vgg.pth"  # lpips/weights/v0.1/vgg.pth
@@ -85,15 +86,9 @@ def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
 
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
     """``module.load_state_dict(state)``, every mismatch one :class:`WeightsFileError` line naming the file."""
-    own = module.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise WeightsFileError(f"{path} is not the {what}: {len(missing)} missing tensors {missing[:3]}, "
-                               f"{len(unexpected)} unexpected {unexpected[:3]}")
-    bad = [k for k in own if own[k].shape != state[k].shape]
-    if bad:
-        raise WeightsFileError(f"{path} is not the {what}: {bad[0]} is {tuple(state[bad[0]].shape)}, expected "
-                               f"{tuple(own[bad[0]].shape)}")
+    problem = state_dict_mismatch(module.state_dict(), state)
+    if problem:
+        raise WeightsFileError(f"{path} is not the {what}: {problem}")
     module.load_state_dict(state)
 
 

@@ -27,6 +27,7 @@ import json
 import os
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -286,6 +287,19 @@ def load_pretrained(
     model = from_config(folder_config(folder, base), base)
     load_weights(model, folder / WEIGHTS_NAME)
     return model.to(map_location or "cpu").eval()
+
+
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str | None:
+    """What keeps the tensors ``given`` from loading where ``expected`` are (missing or unexpected names, or the
+    first of the tensors whose shapes differ), as one line; ``None`` when they fit."""
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    if missing or unexpected:
+        return f"{len(missing)} missing tensors {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
+    bad = [k for k in expected if tuple(expected[k].shape) != tuple(given[k].shape)]
+    if bad:
+        return (f"{bad[0]} is {tuple(given[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)} ({len(bad)} "
+                "such tensors)")
+    return None
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

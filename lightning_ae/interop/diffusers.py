@@ -16,8 +16,6 @@ and the codebook ``quantizer.codebook`` <-> ``quantize.embedding.weight``. A dif
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from torch import nn
 
 from lightning_ae.errors import InputError
 from lightning_ae.nets.ldm import LDMDecoder, LDMEncoder
+from lightning_ae.pretrained import state_dict_mismatch
 
 CONFIG, WEIGHTS = "config.json", "diffusion_pytorch_model.safetensors"
 DIFFUSERS_VERSION = "0.30.0"  # written when diffusers is not installed; any later diffusers reads the format
@@ -118,17 +117,23 @@ def _vq_config(model: nn.Module, encoder: LDMEncoder, decoder: LDMDecoder) -> di
             "norm_type": "group", "lookup_from_codebook": False, "force_upcast": False}
 
 
-def to_diffusers_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict of the diffusers model :func:`diffusers_config` names (contiguous fp32 copies)."""
+def _diffusers_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's own tensors (sharing its storage) under their names in the diffusers model (the map of the
+    module docstring)."""
     encoder, decoder = _networks(model)
-    state: dict[str, torch.Tensor] = {}
+    tensors: dict[str, torch.Tensor] = {}
     for prefix, network, moved in (("encoder.", encoder, "quant_conv."), ("decoder.", decoder, "post_quant_conv.")):
         for key, value in network.state_dict().items():
-            state[key if key.startswith(moved) else prefix + key] = value.detach().float().contiguous().clone()
+            tensors[key if key.startswith(moved) else prefix + key] = value
     quantizer = getattr(model, "quantizer", None)
     if quantizer is not None:
-        state["quantize.embedding.weight"] = quantizer.codebook.detach().float().contiguous().clone()
-    return state
+        tensors["quantize.embedding.weight"] = quantizer.codebook.detach()
+    return tensors
+
+
+def to_diffusers_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of the diffusers model :func:`diffusers_config` names (contiguous fp32 copies)."""
+    return {k: v.detach().float().contiguous().clone() for k, v in _diffusers_tensors(model).items()}
 
 
 # ---- reading a diffusers folder --------------------------------------------------------------------------------------
@@ -191,22 +196,13 @@ def load_diffusers_weights(model: nn.Module, folder: str | Path) -> None:
     folder = Path(folder)
     config, state = read_diffusers_folder(folder)
     _check_layout(model, config, folder)
-    expected = to_diffusers_state_dict(model)
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise DiffusersError(f"{folder / WEIGHTS} does not fit the model: {len(missing)} missing tensors "
-                             f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
-    bad = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
-    if bad:
-        raise DiffusersError(f"{folder / WEIGHTS} does not fit the model: {bad[0]} is {tuple(state[bad[0]].shape)}, "
-                             f"the model's {tuple(expected[bad[0]].shape)} ({len(bad)} such tensors)")
-    encoder, decoder = _networks(model)
+    own = _diffusers_tensors(model)
+    problem = state_dict_mismatch(own, state)
+    if problem:
+        raise DiffusersError(f"{folder / WEIGHTS} does not fit the model: {problem}")
     with torch.no_grad():
-        for prefix, network, moved in (("encoder.", encoder, "quant_conv."), ("decoder.", decoder, "post_quant_conv.")):
-            for key, value in network.state_dict().items():
-                value.copy_(state[key if key.startswith(moved) else prefix + key])
-        if "quantize.embedding.weight" in state:
-            model.quantizer.codebook.copy_(state["quantize.embedding.weight"])
+        for key, value in own.items():
+            value.copy_(state[key])
 
 
 def autoencoder_kl_arguments(folder: str | Path) -> dict[str, Any]:
@@ -303,24 +299,13 @@ def export_diffusers(model: nn.Module, out: str | Path, verify: bool = True, ato
     """
     from safetensors.torch import save_file
 
-    from lightning_ae.export import ExportError, move_into_place
+    from lightning_ae.export import staged_folder
 
     name, config = diffusers_config(model)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} is a file, not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    training = model.training
-    model.eval()
-    try:
+    with staged_folder(model, out, last=CONFIG) as staged:
         save_file(to_diffusers_state_dict(model), str(staged / WEIGHTS))
         full = {"_class_name": name, "_diffusers_version": _diffusers_version(), **config}
         (staged / CONFIG).write_text(json.dumps(full, indent=2) + "\n")
         if verify:
             verify_diffusers_export(model, staged, atol)
-        move_into_place(staged, out, last=CONFIG)
-    finally:
-        model.train(training)
-        shutil.rmtree(staged, ignore_errors=True)
-    return out / CONFIG
+    return Path(out) / CONFIG
