@@ -28,9 +28,8 @@ import torch
 from lightning.pytorch import Trainer
 
 from lightning_ae import CIFAR10DataModule
+from lightning_ae.callbacks.evaluation import build_yardstick
 from lightning_ae.evaluate import evaluate_model
-from lightning_ae.metrics import FrechetDistance
-from lightning_ae.perceptual import ModelFeatures, load_feature_network
 from lightning_ae.pretrained import load_model
 
 FLOOR_ACCURACY = 0.85
@@ -44,12 +43,12 @@ def classifier_accuracy(folder: str, cifar_dir: str) -> float:
     return float(trainer.test(classifier, datamodule=data, verbose=False)[0]["test/accuracy"])
 
 
-def floor(network: torch.nn.Module, cifar_dir: str) -> float:
+def floor(classifier: str, cifar_dir: str) -> float:
     """FD-C10 between the test images and the 50,000 training images (train and validation splits together)."""
     data = CIFAR10DataModule(data_dir=cifar_dir, download=False, val_size=5000)
     data.setup("fit")
     data.setup("test")
-    metric = FrechetDistance(network, network(torch.zeros(2, 3, 32, 32)).shape[1])
+    metric = build_yardstick("fd", feature_network=classifier, image_shape=(3, 32, 32))
     with torch.no_grad():
         for images in data.test_set.images.split(500):
             metric.update_real(images.float() / 255)
@@ -73,9 +72,8 @@ def main() -> None:
     print(f"classifier {args.classifier}: test accuracy {accuracy:.4f}")
     if accuracy < FLOOR_ACCURACY:
         sys.exit(f"the classifier's test accuracy {accuracy:.4f} is below {FLOOR_ACCURACY}: train it longer")
-    network = load_feature_network(args.classifier)
-    assert isinstance(network, ModelFeatures)
-    result = {"classifier_accuracy": accuracy, "floor_test_vs_train": floor(network, args.cifar_dir), "models": {},
+    result = {"classifier_accuracy": accuracy, "floor_test_vs_train": floor(args.classifier, args.cifar_dir),
+              "models": {},
               "torch": torch.__version__, "machine": f"{platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} cores"}
     print(f"FD-C10 floor (test vs train images): {result['floor_test_vs_train']:.3f}")
