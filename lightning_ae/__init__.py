@@ -14,6 +14,7 @@ from lightning_ae.callbacks import (
 from lightning_ae.data import (
     ArrayDataModule,
     CIFAR10DataModule,
+    CodeDataModule,
     FakeImageDataModule,
     FashionMNISTDataModule,
     ImageDataModule,
@@ -35,6 +36,7 @@ from lightning_ae.models import (
     DenoisingAutoencoder,
     PixelCNNPrior,
     SparseAutoencoder,
+    TransformerPrior,
     VampVAE,
 )
 from lightning_ae.quantizers import FSQ, LFQ, Quantizer, QuantizerOutput, ResidualVQ, VectorQuantizer
@@ -53,6 +55,7 @@ __all__ = [
     "AutoencoderBase",
     "AutoencoderKL",
     "CIFAR10DataModule",
+    "CodeDataModule",
     "CodebookUsage",
     "CodebookUsageMonitor",
     "ConditionalVAE",
@@ -76,6 +79,7 @@ __all__ = [
     "SampleGrid",
     "SparseAutoencoder",
     "StreamingImageDataModule",
+    "TransformerPrior",
     "VampVAE",
     "VectorQuantizer",
     "__version__",

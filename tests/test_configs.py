@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from lightning_ae.cli import main
 
@@ -22,20 +23,24 @@ def test_config_fast_dev_run(
     config: Path, tiny_data_dir: Path, tiny_image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    spec = yaml.safe_load(config.read_text())
+    codes = spec["data"]["class_path"].endswith("CodeDataModule")  # a prior on cached codes of an image datamodule
+    images = "--data.init_args.images.init_args." if codes else "--data.init_args."
     if config.parent.name == "folder":  # the root is given on the command line; the cache goes to tmp_path
-        source = ["--data.init_args.root", str(tiny_image_folder), "--data.init_args.data_dir", str(tmp_path),
-                  "--data.init_args.image_size", "64", "--data.init_args.batch_size", "4"]
+        source = [f"{images}root", str(tiny_image_folder), f"{images}data_dir", str(tmp_path),
+                  f"{images}image_size", "64", f"{images}batch_size", "4"]
     else:
-        source = ["--data.init_args.data_dir", str(tiny_data_dir), "--data.init_args.download", "false"]
-    data_args = [
-        *source,
-        "--data.init_args.val_size", "16",
-        "--trainer.accelerator", "cpu",
-        "--trainer.devices", "1",
-    ]
-    if config.stem.endswith("_prior"):  # a prior needs its VQ-VAE: one epoch of one batch writes its checkpoint
-        main(["fit", "--config", str(config.with_name("vqvae.yaml")), *data_args, "--trainer.max_epochs", "1",
+        source = [f"{images}data_dir", str(tiny_data_dir), f"{images}download", "false"]
+    common = ["--trainer.accelerator", "cpu", "--trainer.devices", "1"]
+    data_args = [*source, f"{images}val_size", "16", *common]
+    if config.stem.endswith("_prior"):  # a prior needs its VQ model: one epoch of one batch writes its checkpoint
+        vq_dir = Path(spec["model"]["init_args"]["vqvae_checkpoint"]).parent.name  # <dataset>_<config stem>
+        vq_config = config.with_name(vq_dir.removeprefix(f"{config.parent.name}_") + ".yaml")
+        vq_args = [arg.replace("--data.init_args.images.init_args.", "--data.init_args.") for arg in data_args]
+        main(["fit", "--config", str(vq_config), *vq_args, "--trainer.max_epochs", "1",
               "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"])
+    if codes:
+        data_args += ["--data.init_args.batch_size", "4", "--data.init_args.cache_dir", str(tmp_path / "codes")]
     main(["fit", "--config", str(config), *data_args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
           "1", "--trainer.limit_val_batches", "1", "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
           "--trainer.logger.save_dir", "logs"])

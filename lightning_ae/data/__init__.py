@@ -3,6 +3,7 @@
 from lightning_ae.data.arrays import ArrayDataModule
 from lightning_ae.data.base import ImageDataModule, InMemoryImageDataset, ShardSampler
 from lightning_ae.data.cifar import CIFAR10DataModule
+from lightning_ae.data.codes import CodeDataModule
 from lightning_ae.data.download import DownloadError, download_file
 from lightning_ae.data.fake import FakeImageDataModule
 from lightning_ae.data.folder import ImageFolderDataModule
@@ -14,6 +15,7 @@ from lightning_ae.data.streaming import StreamingImageDataModule, prepare_stream
 __all__ = [
     "ArrayDataModule",
     "CIFAR10DataModule",
+    "CodeDataModule",
     "DatasetFileError",
     "DownloadError",
     "FakeImageDataModule",

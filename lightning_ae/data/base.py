@@ -77,6 +77,12 @@ class InMemoryImageDataset(Dataset[Batch]):
             return self.source_rows
         return self.indices.cpu() if self.indices is not None else torch.arange(len(self))
 
+    def split_labels(self) -> torch.Tensor | None:
+        """The labels of this dataset's samples, in order ``(N,)`` (None when unlabelled)."""
+        if self.labels is None or self.indices is None:
+            return self.labels
+        return self.labels[self.indices]
+
     def __getitems__(self, indices: Sequence[int]) -> Any:
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
         if self.indices is not None:

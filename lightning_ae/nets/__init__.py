@@ -7,6 +7,7 @@ from lightning_ae.nets.mlp import MLPDecoder, MLPEncoder, mlp
 from lightning_ae.nets.patchgan import PatchGANDiscriminator
 from lightning_ae.nets.pixelcnn import GatedMaskedConv2d, GatedPixelCNN
 from lightning_ae.nets.sigmoid import SigmoidEncoder
+from lightning_ae.nets.transformer import PriorTransformer
 
 __all__ = [
     "LDM_DEFAULTS",
@@ -21,6 +22,7 @@ __all__ = [
     "MLPEncoder",
     "Network",
     "PatchGANDiscriminator",
+    "PriorTransformer",
     "ResidualBlock",
     "ResidualStack",
     "SigmoidEncoder",
