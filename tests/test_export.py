@@ -27,6 +27,7 @@ from lightning_ae import (
     PixelCNNPrior,
     ResidualVQ,
     SparseAutoencoder,
+    TransformerPrior,
     VampVAE,
     VectorQuantizer,
 )
@@ -50,6 +51,12 @@ def _prior() -> PixelCNNPrior:
     return PixelCNNPrior(str(folder), channels=8, num_layers=2, kernel_size=3)
 
 
+def _transformer_prior(quantizer: str, num_classes: int | None) -> TransformerPrior:
+    folder = Path(tempfile.mkdtemp()) / "vqvae"
+    VQVAE(quantizer=QUANTIZERS[quantizer](), **VQ).save_pretrained(folder)
+    return TransformerPrior(str(folder), dim=16, num_layers=1, num_heads=2, depth_layers=1, num_classes=num_classes)
+
+
 VARIANTS = {
     "ae-mlp": lambda: Autoencoder(latent_dim=4, recon_loss="bce"),
     "ae-conv": lambda: Autoencoder(latent_dim=4, network="conv", image_shape=(3, 16, 16), pixel_range=(-1.0, 1.0)),
@@ -67,6 +74,9 @@ VARIANTS = {
     "vqvae-ldm-fsq": lambda: VQVAE(network="ldm", latent_dim=3, image_shape=(3, 16, 16), network_options=LDM_SMALL,
                                    quantizer=FSQ(levels=[4, 3, 2], code_dim=3)),
     "prior": _prior,
+    "transformer-prior": lambda: _transformer_prior("vq", None),
+    "transformer-prior-classes": lambda: _transformer_prior("fsq", 3),
+    "transformer-prior-rvq": lambda: _transformer_prior("rvq", None),
 }
 
 
@@ -91,6 +101,10 @@ Reference = dict[str, tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]]
 @torch.no_grad()
 def _reference(model: nn.Module, x: torch.Tensor) -> Reference:
     """{graph: (its inputs, the PyTorch model's outputs on them)}, computed from the model's own methods."""
+    if isinstance(model, TransformerPrior):
+        indices = model.vqvae.encode_indices(x)
+        inputs = (indices,) if model.num_classes is None else (indices, torch.tensor([2, 0, 1, 1, 0]))
+        return {"prior": (inputs, [model(*inputs)]), "decoder": ((indices,), [model.vqvae.decode_indices(indices)])}
     if isinstance(model, PixelCNNPrior):
         indices = model.vqvae.encode_indices(x)
         return {"prior": ((indices,), [model(indices)]), "decoder": ((indices,), [model.vqvae.decode_indices(indices)])}

@@ -156,6 +156,32 @@ def code_running_nested_config(tmp_path: Path) -> tuple[list[str], str]:
     return ["fit", "--config", str(config), *FAKE, *TRAIN], str(path)
 
 
+def code_running_transformer_prior_model(tmp_path: Path) -> tuple[list[str], str]:
+    path = tmp_path / "vqvae.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload(tmp_path / "PWNED")}, path)
+    return ["fit", "--model", "TransformerPrior", "--model.vqvae_checkpoint", str(path), *FAKE, *TRAIN], str(path)
+
+
+def corrupt_code_cache(tmp_path: Path) -> tuple[list[str], str]:
+    """A transformer prior's code cache truncated after a first run built it."""
+    from lightning.pytorch import Trainer
+
+    from lightning_ae import CodeDataModule, FakeImageDataModule, TransformerPrior
+
+    VQVAE(latent_dim=4, hidden_channels=8, res_channels=4, quantizer=VectorQuantizer(8, code_dim=4)).save_pretrained(
+        tmp_path / "vq")
+    small = {"dim": 16, "num_layers": 1, "num_heads": 2}
+    data = CodeDataModule(FakeImageDataModule(num_train=32, val_size=16, batch_size=16), cache_dir=str(tmp_path / "c"))
+    Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False).fit(TransformerPrior(str(tmp_path / "vq"), **small), datamodule=data)
+    (train,) = (tmp_path / "c").glob("train-*")
+    (train / "codes.npy").write_bytes(b"\x93NUMPY")
+    return (["fit", "--model", "TransformerPrior", "--model.vqvae_checkpoint", str(tmp_path / "vq"),
+             *(f"--model.{k}={v}" for k, v in small.items()), "--data", "CodeDataModule", "--data.cache_dir",
+             str(tmp_path / "c"), "--data.images", "FakeImageDataModule", "--data.images.num_train", "32",
+             "--data.images.val_size", "16", "--data.images.batch_size", "16", *TRAIN], str(train))
+
+
 def trainer_misconfigured(tmp_path: Path) -> tuple[list[str], str]:
     return (["fit", "--config", str(REPO / "configs/mnist/ae.yaml"), "--trainer.enable_checkpointing", "false"],
             "enable_checkpointing=False")
@@ -164,7 +190,8 @@ def trainer_misconfigured(tmp_path: Path) -> tuple[list[str], str]:
 CASES = [offline_download, trainer_misconfigured, missing_folder_root, missing_npz, nan_array, truncated_jpeg,
          text_named_png, folder_latent_dim_edited, folder_class_path_os_system, folder_broken_json,
          export_edited_folder, export_broken_json, fit_from_model_folder, code_running_ckpt_path,
-         code_running_prior_submodel, code_running_nested_config]
+         code_running_prior_submodel, code_running_nested_config, code_running_transformer_prior_model,
+         corrupt_code_cache]
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

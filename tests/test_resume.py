@@ -121,6 +121,12 @@ VARIANTS: dict[str, list[str]] = {
     "vqvae": ["--model", "VQVAE", *VQ_SMALL, "--model.quantizer.kmeans_init", "true",
               "--model.quantizer.restart_threshold", "1.0"],
     "prior": ["--model", "PixelCNNPrior", "--model.channels", "8", "--model.num_layers", "2"],
+    # conditional (class dropout draws), dropout, on codes cached by CodeDataModule (its own data arguments)
+    "transformer-prior": ["--model", "TransformerPrior", "--model.dim", "16", "--model.num_layers", "1",
+                          "--model.num_heads", "2", "--model.dropout", "0.1", "--model.class_dropout", "0.3",
+                          "--data", "CodeDataModule", "--data.batch_size", "16", "--data.cache_dir", "codes",
+                          "--data.images", "MNISTDataModule", "--data.images.data_dir", "{data_dir}",
+                          "--data.images.download", "false", "--data.images.val_size", "16"],
     # two optimizers (manual optimization), the discriminator starting at step 4, before the kill at step 7
     "vqgan": ["--model", "VQGAN", "--model.latent_dim", "8", "--model.network_options", '{"ch": 32, "ch_mult": [1, 2]}',
               "--model.quantizer", "VectorQuantizer", "--model.quantizer.num_codes", "16",
@@ -137,10 +143,13 @@ def _cli_fit(workdir: Path, data_dir: Path, variant: list[str], *extra: str) -> 
 
 def _start_fit(workdir: Path, data_dir: Path, variant: list[str], *extra: str) -> subprocess.Popen[str]:
     """:func:`_cli_fit`, started (one thread: two of them run side by side on two cores, deterministically)."""
+    data = [] if "--data" in variant else ["--data", "MNISTDataModule", "--data.data_dir", str(data_dir),
+                                           "--data.download", "false", "--data.val_size", "16", "--data.batch_size",
+                                           "16"]
+    variant = [arg.replace("{data_dir}", str(data_dir)) for arg in variant]
     command = [
-        sys.executable, "-m", "lightning_ae", "fit", "--data", "MNISTDataModule",
-        "--data.data_dir", str(data_dir), "--data.download", "false", "--data.val_size", "16",
-        "--data.batch_size", "16", *variant, "--seed_everything", "0", "--trainer.max_steps", "10",
+        sys.executable, "-m", "lightning_ae", "fit", *data, *variant, "--seed_everything", "0",
+        "--trainer.max_steps", "10",
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.deterministic", "true",
         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(workdir),
@@ -192,7 +201,7 @@ def _vqvae_checkpoint(path: Path) -> Path:
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(name: str, tmp_path: Path, tiny_data_dir: Path) -> None:
     """Killed at step 7 (epoch 2, batch 2 of 5), resumed from last.ckpt (step 6), compared at step 10."""
     variant = list(VARIANTS[name])
-    if name == "prior":
+    if name in ("prior", "transformer-prior"):
         variant += ["--model.vqvae_checkpoint", str(_vqvae_checkpoint(tmp_path / "vqvae.ckpt"))]
     full, cut = tmp_path / "full", tmp_path / "cut"
     full.mkdir()

@@ -339,3 +339,16 @@ def test_cached_labels_follow_a_split_given_by_indices(folders: dict[str, Path],
     (train,) = (tmp_path / "codes").glob("train-*")
     expected = data.train_set.__getitems__(list(range(len(data.train_set))))[1]
     assert torch.equal(torch.from_numpy(np.load(train / "labels.npy")), expected)
+
+
+def test_sample_grid_draws_one_row_per_class(folders: dict[str, Path]) -> None:
+    from lightning_ae.callbacks import SampleGrid
+
+    prior = TransformerPrior(str(folders["vq"]), num_classes=3, **SMALL).eval()
+    torch.manual_seed(0)
+    grid = SampleGrid(nrow=4)._draw(prior)
+    torch.manual_seed(0)
+    expected = prior.sample(12, labels=torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]))
+    assert grid.shape == (12, 1, 28, 28) and torch.equal(grid, expected)
+    unconditional = TransformerPrior(str(folders["vq"]), **SMALL).eval()
+    assert SampleGrid(num_samples=5)._draw(unconditional).shape == (5, 1, 28, 28)

@@ -5,6 +5,7 @@ every level identical; LFQ's batch entropy and its gradient are those of the uni
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,22 @@ def test_ddp_lfq_batch_entropy_is_that_of_the_union(tmp_path: Path) -> None:
     torch.testing.assert_close((r0["terms"]["per_sample_entropy"] + r1["terms"]["per_sample_entropy"]) / 2,
                                union.terms["per_sample_entropy"])
     torch.testing.assert_close(torch.cat([r0["grad"], r1["grad"]]) / 2, z.grad)
+
+
+@pytest.mark.slow
+def test_ddp_transformer_prior_caches_codes_once_and_ranks_agree(tmp_path: Path) -> None:
+    """A conditional transformer prior on 2 ranks: the code caches are extracted once (by local rank 0; the other
+    rank waits and reads them), the ranks end with bit-identical weights (although each drops its own labels) and
+    report the same validation NLL."""
+    from lightning_ae import VQVAE, VectorQuantizer
+
+    torch.manual_seed(0)
+    folder = VQVAE(quantizer=VectorQuantizer(16, code_dim=8), image_shape=(1, 28, 28), latent_dim=8,
+                   hidden_channels=16, res_channels=8).save_pretrained(tmp_path / "vqvae")
+    r0, r1 = run_script("ddp_prior_script.py", tmp_path, str(folder))
+    assert r0["encoded"] == 32 + 32 and r1["encoded"] == 0  # train and val (32 each), once, by rank 0
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "codes").iterdir()) == ["train", "val"]
+    for key, value in r0["state"].items():
+        assert torch.equal(value, r1["state"][key]), key
+    assert r0["metrics"]["val/loss"] == pytest.approx(r1["metrics"]["val/loss"], rel=1e-6)
+    assert r0["metrics"]["val/bits_per_code"] == pytest.approx(r0["metrics"]["val/loss"] / math.log(2), rel=1e-6)

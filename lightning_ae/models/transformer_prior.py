@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
 
 from lightning_ae.graphs import FunctionModule, Graph
 from lightning_ae.models.prior import CodePrior
@@ -162,13 +163,14 @@ class TransformerPrior(CodePrior):
         """``prior``: code indices (and ``labels`` ``(B,)`` when conditional) -> ``logits`` ``(B, K, *grid)`` of
         each index given the ones before it (sampling runs it once per position, in raster order; the KV cache is
         not part of the graph), and the frozen model's ``decoder`` indices -> images."""
+        owner = nn.ModuleList([self.transformer])  # the transformer's own parameters (positions) are in the graph
         if self.num_classes is None:
-            graph = Graph("prior", FunctionModule(self.transformer, self.logits), self.prior_graph_inputs,
+            graph = Graph("prior", FunctionModule(owner, self.logits), self.prior_graph_inputs,
                           ("indices",), ("logits",))
         else:
             def inputs(n: int) -> tuple[torch.Tensor, ...]:
                 return (*self.prior_graph_inputs(n), torch.randint(self.num_classes, (n,), device=self.device))
 
-            graph = Graph("prior", FunctionModule(self.transformer, self.logits), inputs, ("indices", "labels"),
+            graph = Graph("prior", FunctionModule(owner, self.logits), inputs, ("indices", "labels"),
                           ("logits",))
         return [graph, self.vqvae.export_graphs()[1]]

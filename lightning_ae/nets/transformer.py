@@ -86,7 +86,8 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(layer, k, v)  # (B, H, prefix + T, d)
         if prefix and t > 1:
             raise ValueError("the KV cache takes a prefix from position 0, then one position at a time")
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1,
+        # causal from position 0 (teacher forcing, or the cache's first prefix); a cached step sees the whole prefix
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=prefix == 0,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
