@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Trainer, seed_everything
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import StepTimer
 
 from lightning_ae import VQGAN, AutoencoderKL, FakeImageDataModule, VectorQuantizer
 from lightning_ae.nets import PatchGANDiscriminator
@@ -45,23 +48,6 @@ def build(variant: str, size: int, small: bool, compile_options: dict[str, Any] 
                      **disc, **common)
     return AutoencoderKL(network_options=SMALL if small else SD, **(disc if variant.endswith("_gan") else {}),
                          **common)
-
-
-class StepTimer(Callback):
-    """Wall time from the end of batch ``warmup`` to the end of the last batch."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.seconds = warmup, 0.0, 0.0
-
-    def _sync(self, pl_module: Any) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._sync(pl_module)
-        if batch_idx + 1 == self.warmup:
-            self.start = time.perf_counter()
-        self.seconds = time.perf_counter() - self.start
 
 
 def main() -> None:
@@ -94,7 +80,7 @@ def main() -> None:
                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                           num_sanity_val_steps=0, callbacks=[timer])
         trainer.fit(model, datamodule=data)
-        rates.append(args.steps * args.batch / timer.seconds)
+        rates.append(args.steps * args.batch / timer.wall_s)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     name = torch.cuda.get_device_name() if cuda else "cpu"
     result = {"variant": args.variant, "device": name, "size": args.size, "batch": args.batch,

@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Trainer, seed_everything
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import StepTimer
 
 from lightning_ae import VQGAN, FakeImageDataModule, VectorQuantizer
 from lightning_ae.losses import adaptive_weight, discriminator_loss, generator_loss
@@ -32,19 +35,6 @@ def build() -> VQGAN:
                  quantizer=VectorQuantizer(1024, code_dim=64), disc_start=0,
                  discriminator=PatchGANDiscriminator(ndf=64, n_layers=2),
                  optimizer=lambda p: torch.optim.Adam(p, lr=2e-4, betas=(0.5, 0.9)))
-
-
-class StepTimer(Callback):
-    """Wall and CPU time from the end of the first ``warmup`` batches to the end of the last."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.cpu = warmup, 0.0, 0.0
-        self.wall_s = self.cpu_s = 0.0
-
-    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if batch_idx + 1 == self.warmup:
-            self.start, self.cpu = time.perf_counter(), time.process_time()
-        self.wall_s, self.cpu_s = time.perf_counter() - self.start, time.process_time() - self.cpu
 
 
 def ours(data: FakeImageDataModule, steps: int, warmup: int) -> tuple[float, float]:
