@@ -1,4 +1,4 @@
-"""ImageFolderDataModule vs the usual per-sample PIL loader, on an image folder (issue 12).
+"""ImageFolderDataModule vs the usual per-sample PIL loader, on an image folder.
 
 (1) First run: decode throughput of ``prepare_data`` (``decode_workers`` processes, into a fresh cache) beside
 one epoch of a per-sample ``Dataset`` that opens each file with PIL and converts it, in a ``DataLoader`` with the

@@ -4,7 +4,7 @@ Trains the plain Autoencoder, a DenoisingAutoencoder, SparseAutoencoders (kl, to
 with the same MLP networks and the same number of epochs, then reports on the MNIST test set: MSE of clean
 reconstructions, MSE to the clean image from corrupted inputs (the same corrupted inputs for every model), code
 statistics, the mean encoder Jacobian norm ||J_f(x)||_F (exact) and linear-probe accuracy; then checks the floors of
-issue 3 against the plain autoencoder (DAE: lower MSE from corrupted inputs; SAE kl: mean activation within 20 % of
+our floors against the plain autoencoder (DAE: lower MSE from corrupted inputs; SAE kl: mean activation within 20 % of
 rho; topk: exactly k active units; CAE: Jacobian norm >= 5x smaller at test MSE <= 1.5x).
 
 Training dominates the cost (5 models x 5 epochs over 55,000 images; no per-epoch validation: nothing here reads
@@ -149,7 +149,7 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
 
 
 def print_floors(rows: list[dict], args: argparse.Namespace) -> None:
-    """The floors of issue 3, each against the plain autoencoder of the same run."""
+    """Our floors, each against the plain autoencoder of the same run."""
     by = {r["variant"]: r for r in rows}
     ae = by.get("ae")
     checks = []
@@ -168,7 +168,7 @@ def print_floors(rows: list[dict], args: argparse.Namespace) -> None:
             checks.append((name, f"jacobian_norm {jac:.2f}x smaller than ae's (>= 5x), test mse {mse:.2f}x ae's "
                                  "(<= 1.5x)", jac >= 5 and mse <= 1.5))
     if checks:
-        print("\nfloors of issue 3:")
+        print("\nfloors:")
     for name, text, ok in checks:
         print(f"- {name}: {text}: {'met' if ok else 'NOT MET'}")
 

@@ -1,16 +1,19 @@
-"""One command for the README's results table: trains every variant with its config, scores it, runs the
-throughput benchmarks, and rewrites the table between the README's ``RESULTS-TABLE`` markers.
+"""One command for the results table of the benchmarks page: trains every variant with its config, scores it, runs
+the throughput benchmarks, and rewrites the table between the ``RESULTS-TABLE`` markers of ``docs/benchmarks.md``.
 
 Per variant and dataset (``configs/<dataset>/<variant>.yaml``, trained by ``lightning-ae fit`` as a subprocess,
 the command in the row): test MSE, PSNR and SSIM (torchmetrics), linear-probe accuracy
 (:func:`lightning_ae.linear_probe`), the VAE's importance-weighted test NLL, the VQ-VAE's test codebook perplexity
 and fraction of codes used. Then ``benchmarks/throughput.py`` (Autoencoder, ratio to a hand-written loop) and
 ``benchmarks/vae_throughput.py`` (VAE, ratios to the loop and to pythae when installed), each as a subprocess,
-their own output parsed. Every row names the machine. Logs go to ``--work``.
+their own output parsed. The table names the machine, torch and the date once, and each row its wall-clock minutes
+and its command as a user types it (``WORK`` for the work folder). Logs go to ``--work``.
 
-    LIGHTNING_AE_DATA=../shared/data LIGHTNING_AE_CIFAR10=.cache/cifar python benchmarks/run_all.py
-    python benchmarks/run_all.py --quick          # fewer steps, MNIST only (under 15 minutes on 2 CPU cores)
-    python benchmarks/run_all.py --smoke --data-dir TINY --readme /tmp/README.md   # seconds: the tests' smoke run
+    LIGHTNING_AE_DATA=path/to/data LIGHTNING_AE_CIFAR10=path/to/cifar python benchmarks/run_all.py
+    python benchmarks/run_all.py --quick --page PAGE.md   # fewer steps, MNIST only (under 15 minutes on 2 CPU cores)
+    python benchmarks/run_all.py --smoke --data-dir TINY --page PAGE.md   # seconds: the tests' smoke run
+
+``--quick`` and ``--smoke`` figures are not the configs' and stay out of the docs: they need ``--page``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ from lightning_ae.pretrained import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("ae", "dae", "sae", "cae", "vae", "vqvae")
+MODE_FLAG = ""  # "quick" or "smoke" when the table is not from the configs' own runs
 START, END = "<!-- RESULTS-TABLE:START -->", "<!-- RESULTS-TABLE:END -->"
 MODES = {  # fit steps per variant, throughput steps/repeats, datasets, IW samples of the VAE NLL
     "full": {"steps": 3000, "tp_steps": 100, "tp_repeats": 9, "datasets": ("mnist", "cifar10"), "iw": 1000},
@@ -67,10 +72,10 @@ def as_typed(command: list[str], args: argparse.Namespace) -> str:
     """``command`` as a user types it in the repository: ``python``, paths relative to the repository, the data
     folders as given on the command line (the subprocesses get them resolved)."""
     text = "python " + shlex.join(command[1:]).replace(str(ROOT) + os.sep, "")
-    for given in (args.data_dir, args.cifar_dir):
+    for given, name in ((args.data_dir, "$LIGHTNING_AE_DATA"), (args.cifar_dir, "$LIGHTNING_AE_CIFAR10")):
         if given:
-            text = text.replace(str(Path(given).resolve()), str(given))
-    return text
+            text = text.replace(str(Path(given).resolve()), name).replace(str(given), name)
+    return text.replace(str(args.work_dir), "WORK")
 
 
 def data_args(dataset: str, args: argparse.Namespace) -> list[str]:
@@ -146,10 +151,11 @@ def fmt(metrics: dict[str, float], key: str, spec: str) -> str:
 def table(rows: list[dict[str, str]], where: str) -> str:
     """The markdown table of all rows, with the machine and how it was made."""
     head = ["variant", "dataset", "test MSE", "PSNR", "SSIM", "probe acc.", "VAE NLL", "VQ perplexity",
-            "VQ codes used", "train images/s", "command"]
-    lines = [f"Machine: {where}. Written by `python benchmarks/run_all.py {' '.join(sys.argv[1:])}`.", "",
+            "VQ codes used", "train images/s", "minutes", "command"]
+    lines = [f"Machine: {where}; {time.strftime('%Y-%m-%d')}. Written by `python benchmarks/run_all.py"
+             f"{' --' + MODE_FLAG if MODE_FLAG else ''}`.", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    keys = ["variant", "dataset", "mse", "psnr", "ssim", "probe", "nll", "perplexity", "used", "throughput"]
+    keys = ["variant", "dataset", "mse", "psnr", "ssim", "probe", "nll", "perplexity", "used", "throughput", "minutes"]
     for row in rows:
         lines.append("| " + " | ".join(row.get(k, "") for k in keys) + f" | `{row['command']}` |")
     return "\n".join(lines)
@@ -183,7 +189,9 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("LIGHTNING_AE_DATA"), help="folder with MNIST/raw")
     parser.add_argument("--cifar-dir", default=os.environ.get("LIGHTNING_AE_CIFAR10"))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--page", "--readme", dest="page", type=Path, default=None,
+                        help="the page whose RESULTS-TABLE markers get the table (default docs/benchmarks.md; "
+                             "required with --quick and --smoke)")
     parser.add_argument("--work", type=Path, default=None, help="runs and logs (default: a temporary folder)")
     parser.add_argument("--skip-vae-throughput", action="store_true")
     args = parser.parse_args()
@@ -191,22 +199,31 @@ def main() -> None:
         parser.error("set LIGHTNING_AE_DATA or --data-dir to the folder holding MNIST/raw")
     os.environ["LIGHTNING_AE_DATA"] = str(args.data_dir)  # what vae_throughput.py reads
     args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    if args.page is None:
+        if args.mode != "full":
+            parser.error(f"--{args.mode} figures are not the configs' and stay out of the docs: pass --page FILE")
+        args.page = ROOT / "docs" / "benchmarks.md"
+    global MODE_FLAG
+    MODE_FLAG = "" if args.mode == "full" else args.mode
     mode = MODES[args.mode]
     datasets = [d for d in mode["datasets"] if d == "mnist" or args.cifar_dir]
     work = args.work or Path(tempfile.mkdtemp(prefix="run_all-"))
+    work = args.work_dir = work.resolve()
     rows = []
     for dataset in datasets:
         for variant in args.variants:
             folder = work / dataset / variant
             folder.mkdir(parents=True, exist_ok=True)
             command = fit_command(dataset, variant, mode["steps"], folder, args)
+            start = time.perf_counter()
             run(command, folder / "fit.log", cwd=folder)
             scores = score(dataset, variant, folder, mode["iw"], args)
             rows.append(variant_row(dataset, variant, command, scores, args))
+            rows[-1]["minutes"] = f"{(time.perf_counter() - start) / 60:.1f}"
             print(json.dumps(rows[-1]), flush=True)
     rows += throughput_rows(mode, work, args)
-    write_table(args.readme, table(rows, machine()))
-    print(f"results table written to {args.readme}; runs in {work}")
+    write_table(args.page, table(rows, machine()))
+    print(f"results table written to {args.page}; runs in {work}")
 
 
 if __name__ == "__main__":

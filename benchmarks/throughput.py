@@ -2,7 +2,7 @@
 PyTorch loop doing the same work (same network, in-memory uint8 data indexed per batch, same conversion, loss,
 optimizer and batch size). Runs alternate between the two in one run; medians are reported.
 
-    LIGHTNING_AE_DATA=../shared/data python benchmarks/throughput.py --batch-size 128
+    LIGHTNING_AE_DATA=path/to/data python benchmarks/throughput.py --batch-size 128
     # on a GPU: bf16 autocast, compiled networks, the dataset held on the device
     python benchmarks/throughput.py --accelerator gpu --precision bf16-mixed --compile --on-device
     # where a step's time goes (cProfile of the Trainer.fit path, our code vs Lightning's)
@@ -12,7 +12,7 @@ optimizer and batch size). Runs alternate between the two in one run; medians ar
 ``--model tiny`` the same with a 784-16-2-16-784 MLP, whose step is almost all fixed cost (the per-step overheads
 in microseconds are then least buried in the noise of the arithmetic). With
 ``--model vae`` / ``--model vqvae`` the loop calls our ``loss_terms`` directly, so the ratio is the cost of
-Lightning and our step around the same loss. Floor (issue 2): ours >= 0.90 x the loop; target (issue 14): >= 0.95
+Lightning and our step around the same loss. Floor: ours >= 0.90 x the loop; target: >= 0.95
 at batch 128 on a quiet machine.
 """
 

@@ -1,7 +1,7 @@
-"""Test bits/dim of a convolutional VAE with the discretized logistic mixture likelihood on CIFAR-10 (issue 16).
+"""Test bits/dim of a convolutional VAE with the discretized logistic mixture likelihood on CIFAR-10.
 
-Usage (``LIGHTNING_AE_CIFAR10`` must hold ``cifar-10-batches-py``; for the JPEG copy in ../shared/data, write it
-with ``python ../shared/tools/cifar10_from_jpeg.py DIR`` first)::
+Usage (``LIGHTNING_AE_CIFAR10`` must hold ``cifar-10-batches-py``; for a JPEG copy, write the pickle layout
+first)::
 
     python -m benchmarks.vae_cifar_bpd --minutes 60 --k 10 --threads 2   # K=100 takes ~25 min more on 2 cores
 

@@ -1,4 +1,4 @@
-"""Shared pieces of the VAE benchmarks: the data, the networks of issue 6, pythae wrappers around them.
+"""Shared pieces of the VAE benchmarks: the data, the networks of the VAE benchmarks, pythae wrappers around them.
 
 The networks: MLP encoder 784-512-256-(2x32) and decoder 32-256-512-784, ReLU, Bernoulli logits; Adam 1e-3,
 batch 128. Data: MNIST from ``$LIGHTNING_AE_DATA`` (``MNIST/raw``), binarized once with a fixed seed

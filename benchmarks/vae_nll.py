@@ -1,4 +1,4 @@
-"""Test NLL of the MNIST VAE (issue 6): ours vs pythae on the same networks and data, and our best config.
+"""Test NLL of the MNIST VAE: ours vs pythae on the same networks and data, and our best config.
 
 Usage (``LIGHTNING_AE_DATA`` must hold ``MNIST/raw``)::
 
@@ -16,7 +16,7 @@ of every batch), Adam 1e-3 decayed by a cosine schedule to 1e-5 over ``--epochs`
 (training stops at 29 minutes in any case), KL warm-up over the first 10 epochs; scored on one fixed-seed
 binarization of the test set.
 
-``budget`` (issue 16): ``--model vae`` (ELBO), ``iwae`` (the k-sample bound, ``--k-train``, ``--estimator``) or
+``budget``: ``--model vae`` (ELBO), ``iwae`` (the k-sample bound, ``--k-train``, ``--estimator``) or
 ``vamp`` (VampPrior, ``--pseudo-inputs``) on the same MLP (``--latent-dim``, default 64), dynamically binarized
 training data, ``--threads`` torch threads, batch ``--batch-size``, Adam ``--lr`` decayed along a cosine of the
 elapsed training time to 1e-5 at ``--minutes``; KL warm-up over ``--warmup-steps`` (vae, vamp). Every

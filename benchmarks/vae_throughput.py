@@ -1,4 +1,4 @@
-"""Training throughput (images/s) of the MNIST VAE of issue 6: our ``Trainer.fit`` vs a hand-written loop vs pythae.
+"""Training throughput (images/s) of the MNIST VAE: our ``Trainer.fit`` vs a hand-written loop vs pythae.
 
 Usage (``LIGHTNING_AE_DATA`` must hold ``MNIST/raw``)::
 

@@ -11,7 +11,7 @@ and the validation-set codebook perplexity at each report step.
         python benchmarks/vqvae_cifar.py --variant sonnet --steps 2000 --report-at 1000 2000
     python benchmarks/vqvae_cifar.py --summarize     # mean, sd and range over the seeds run so far
 
-``--quantizer`` swaps the quantizer (issue 15), everything else as in the sonnet setting (D=64, same encoder and
+``--quantizer`` swaps the quantizer, everything else as in the sonnet setting (D=64, same encoder and
 decoder), and ``--eval-set test`` scores the 10,000 test images (error, perplexity and used fraction of the codes):
 
     python benchmarks/vqvae_cifar.py --variant sonnet --quantizer fsq --steps 2000 --report-at 1000 2000 \

@@ -1,5 +1,6 @@
-"""Every ``lightning-ae ... --config C --ckpt_path P`` command of the README works: the config's own ``fit``
-writes ``P`` (``last.ckpt`` is the latest state, ``best.ckpt`` the lowest ``val/loss``), then the command runs.
+"""Every ``lightning-ae ... --config C --ckpt_path P`` command of the manual (README and docs/) works: the
+config's own ``fit`` writes ``P`` (``last.ckpt`` is the latest state, ``best.ckpt`` the lowest ``val/loss``), then the
+command runs.
 (The export commands, which take no config, are run by ``tests/test_ship_cli.py``.)"""
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ import torch
 from lightning_ae.cli import main
 
 ROOT = Path(__file__).parents[1]
+
+
+def manual_text() -> str:
+    """The README and every page of the documentation site, one after the other."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    return "\n".join(page.read_text() for page in pages)
 TINY = ["--data.init_args.download", "false", "--data.init_args.batch_size", "16",
         "--data.init_args.val_size", "16", "--trainer.accelerator", "cpu",
         "--trainer.devices", "1", "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1",
@@ -21,7 +28,7 @@ TINY = ["--data.init_args.download", "false", "--data.init_args.batch_size", "16
 
 def readme_ckpt_commands() -> list[list[str]]:
     """The README's ``lightning-ae`` commands that pass ``--ckpt_path`` (continuation lines joined, comments cut)."""
-    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    text = manual_text().replace("\\\n", " ")
     commands = [shlex.split(line, comments=True) for line in text.splitlines() if "--ckpt_path" in line
                 and "--config" in line and line.lstrip().startswith("lightning-ae ")]
     return [c[1:] for c in commands]
@@ -58,10 +65,10 @@ def test_readme_custom_variant_example_trains(tmp_path: Path) -> None:
 
     from lightning_ae import FakeImageDataModule
 
-    text = (ROOT / "README.md").read_text()
+    text = manual_text()
     block = next(b for b in text.split("```python")[1:] if "class L2CodeAutoencoder" in b).split("```")[0]
     namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)
+    exec(compile(block, "docs/models/index.md", "exec"), namespace)
     model = namespace["L2CodeAutoencoder"](weight=0.5, latent_dim=4, image_shape=(1, 8, 8))
     x = torch.rand(4, 1, 8, 8)
     out = model.loss_terms(x, "train")

@@ -271,7 +271,8 @@ class AutoencoderBase(PretrainedMixin, LightningModule):
         """Decodes ``steps`` points on the straight line between the latents of ``x1`` and ``x2``.
 
         Args:
-            x1, x2: images ``(B, C, H, W)`` (or ``(C, H, W)`` for one pair).
+            x1: images ``(B, C, H, W)`` (or ``(C, H, W)`` for one pair): where the lines start.
+            x2: images of the same shape: where they end.
             steps: points including both ends (>= 2).
 
         Returns:

@@ -74,7 +74,9 @@ class ImageClassifier(PretrainedMixin, LightningModule):
 
     Args:
         backbone: images -> ``(B, D)`` features with a ``num_features`` attribute (default :class:`ResNet9`).
-        num_classes, image_shape, pixel_range: linked from the datamodule.
+        num_classes: classes of the labels (linked from the datamodule).
+        image_shape: ``(C, H, W)`` of the images (linked from the datamodule).
+        pixel_range: pixel range of the images (linked from the datamodule).
         label_smoothing: of the cross-entropy.
         logit_scale: multiplies the logits (the DAWNBench ResNet-9's 0.125: max-pooled ReLU features are large, and
             unscaled logits saturate the softmax at the start).

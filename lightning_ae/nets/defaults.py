@@ -54,7 +54,10 @@ def default_networks(
         encoder_out_mult: encoder outputs per latent dimension (2 for a Gaussian posterior's mean and log-variance).
         decoder_out_mult: decoder output channels per image channel (2 for a learned-variance Gaussian).
         spatial: conv networks keep a ``(latent_dim, h, w)`` grid (the VQ-VAE) instead of a vector.
-        hidden_channels, res_channels, num_res_blocks, init: options of the conv networks.
+        hidden_channels: hidden channels of the conv networks.
+        res_channels: channels inside their residual blocks.
+        num_res_blocks: residual blocks of the conv networks.
+        init: initialisation of the conv networks.
         network_options: options of the ``ldm`` networks (:data:`LDM_OPTIONS`: ``ch``, ``ch_mult``,
             ``num_res_blocks``, ``attn_resolutions``, ``resolution`` (that ``attn_resolutions`` refer to; default the
             image height), ``z_channels`` (default ``latent_dim``), ``dropout``, ``mid_attention``, ``quant_conv``

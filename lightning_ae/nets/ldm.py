@@ -229,9 +229,15 @@ class LDMDecoder(Configurable, nn.Module):
 
     Args:
         out_channels: output channels (image channels, times 2 for a per-pixel mean and log-variance).
-        ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels, embed_dim, dropout, mid_attention: as
-            :class:`LDMEncoder` (the same values give the mirror network); each level has ``num_res_blocks + 1``
-            ResNet blocks.
+        ch: as :class:`LDMEncoder` (the same values of all these options give the mirror network).
+        ch_mult: as :class:`LDMEncoder`.
+        num_res_blocks: as :class:`LDMEncoder`; each level of the decoder has ``num_res_blocks + 1`` ResNet blocks.
+        attn_resolutions: as :class:`LDMEncoder`.
+        resolution: as :class:`LDMEncoder`.
+        z_channels: as :class:`LDMEncoder`.
+        embed_dim: as :class:`LDMEncoder`.
+        dropout: as :class:`LDMEncoder`.
+        mid_attention: as :class:`LDMEncoder`.
         post_quant_conv: start with latent-diffusion's 1x1 ``post_quant_conv`` from ``embed_dim`` to ``z_channels``.
     """
 

@@ -133,13 +133,14 @@ def rotation_trick(z: torch.Tensor, codes: torch.Tensor, eps: float = 1e-12) -> 
     gradient reaching ``z`` is ``||q|| / ||z|| * R^T g`` for the output gradient ``g``: rotated and rescaled rather
     than copied as by the straight-through estimator. Rows of ``z`` and ``codes`` ``(N, D)`` are vectors.
 
-    >>> z, q = torch.tensor([[3.0, 0.0]], requires_grad=True), torch.tensor([[0.0, 2.0]])
-    >>> out = rotation_trick(z, q)
-    >>> [round(v, 4) for v in out[0].tolist()]
-    [0.0, 2.0]
-    >>> out.backward(torch.tensor([[0.0, 1.0]]))
-    >>> [round(v, 4) for v in z.grad[0].tolist()]  # (0, 1) rotated back onto the x axis, times 2/3
-    [0.6667, 0.0]
+    Examples:
+        >>> z, q = torch.tensor([[3.0, 0.0]], requires_grad=True), torch.tensor([[0.0, 2.0]])
+        >>> out = rotation_trick(z, q)
+        >>> [round(v, 4) for v in out[0].tolist()]
+        [0.0, 2.0]
+        >>> out.backward(torch.tensor([[0.0, 1.0]]))
+        >>> [round(v, 4) for v in z.grad[0].tolist()]  # (0, 1) rotated back onto the x axis, times 2/3
+        [0.6667, 0.0]
     """
     z_norm = z.norm(dim=-1, keepdim=True).clamp_min(eps)
     q_norm = codes.norm(dim=-1, keepdim=True)
