@@ -1,11 +1,12 @@
-"""Priors over the codes of an MNIST VQ-VAE: the transformer against the gated PixelCNN at the same wall-clock budget
-(test NLL in bits per code, with the curve), and class-conditional transformer samples recognised by a classifier.
+"""Priors over the codes of a VQ-VAE (MNIST or CIFAR-10): the transformer against the gated PixelCNN at the same
+wall-clock budget (test NLL in bits per code, with the curve); on MNIST, class-conditional transformer samples
+recognised by a classifier; on CIFAR-10, the FD-C10 of unconditional samples from both priors.
 
 Stages, each its own process (run ``fit`` of the two priors side by side, one thread each, so the machine's noise
 hits both alike; nothing else may run meanwhile):
 
-    export LIGHTNING_AE_DATA=/path/holding/MNIST                     # the MNIST IDX files
-    python benchmarks/prior_nll.py codes --work .cache/prior_bench    # VQ-VAE of configs/mnist/vqvae.yaml, codes
+    export LIGHTNING_AE_DATA=path/holding/MNIST                      # the MNIST IDX files
+    python benchmarks/prior_nll.py codes                              # VQ-VAE of configs/mnist/vqvae.yaml, codes
     python benchmarks/prior_nll.py fit --prior pixelcnn --minutes 15 --threads 1 &
     python benchmarks/prior_nll.py fit --prior transformer --minutes 15 --threads 1; wait
     python benchmarks/prior_nll.py fit --prior transformer-cond --minutes 10 --threads 1 &
@@ -13,15 +14,29 @@ hits both alike; nothing else may run meanwhile):
     python benchmarks/prior_nll.py samples                            # 1,000 class-conditional samples, classified
     python benchmarks/prior_nll.py report                             # the table and docs/prior_nll_mnist.png
 
-``codes`` trains the VQ-VAE of ``configs/mnist/vqvae.yaml`` (K=512, D=64, EMA, k-means init, restarts; hidden 128)
-for ``--vq-steps`` steps and stores it as a model folder with the code indices of the training and test splits.
-``fit`` trains one prior from the library (``PixelCNNPrior`` with the settings of ``configs/mnist/vqvae_prior.yaml``;
-``TransformerPrior`` with those of ``configs/mnist/transformer_prior.yaml``, unconditional for the NLL comparison,
-class-conditional for ``transformer-cond``) on the cached training codes with the configs' optimizers, for
-``--minutes`` of training time (evaluation excluded), evaluating the test NLL of all 10,000 test grids every
-``--eval-every`` seconds. ``samples`` draws 100 samples per class from ``transformer-cond`` at several guidance
-scales and counts those a small CNN classifier (trained by ``classifier``, its test accuracy reported) assigns to
-the requested class.
+    export LIGHTNING_AE_CIFAR10=path/holding/cifar-10-batches-py      # CIFAR-10 (the FD-C10 classifier's data)
+    python benchmarks/prior_nll.py codes --dataset cifar10 --vq-steps 4000 --threads 2
+    python benchmarks/prior_nll.py fit --dataset cifar10 --prior pixelcnn --minutes 15 --eval-every 180 &
+    python benchmarks/prior_nll.py fit --dataset cifar10 --prior transformer --minutes 15 --eval-every 180; wait
+    python benchmarks/prior_nll.py draw --dataset cifar10 --prior pixelcnn --num-samples 1000 &
+    python benchmarks/prior_nll.py draw --dataset cifar10 --prior transformer --num-samples 1000; wait
+    python benchmarks/prior_nll.py fd --dataset cifar10 --classifier cifar10-classifier --threads 2
+    python benchmarks/prior_nll.py report --dataset cifar10
+
+``codes`` trains the VQ-VAE of ``configs/<dataset>/vqvae.yaml`` (its networks, quantizer, optimizer, batch size and
+data, built by the library's CLI) for ``--vq-steps`` steps and stores it as a model folder with the code indices of
+the training and test splits. ``fit`` trains one prior of the library as ``configs/<dataset>/vqvae_prior.yaml``
+(``PixelCNNPrior``) or ``configs/<dataset>/transformer_prior.yaml`` (``TransformerPrior``; unconditional for the
+NLL comparison, class-conditional for ``transformer-cond``) configure it, with the configs' optimizers, on the
+cached training codes for ``--minutes`` of training time (evaluation excluded), evaluating the test NLL of all
+10,000 test grids every ``--eval-every`` seconds. ``samples`` (MNIST) draws 100 samples per class from
+``transformer-cond`` at several guidance scales and counts those a small CNN classifier (trained by ``classifier``,
+its test accuracy reported) assigns to the requested class. ``draw`` stores ``--num-samples`` unconditional
+samples of a prior, timed; ``fd`` (CIFAR-10) scores them with FD-C10 (``benchmarks/fd_c10.py``'s yardstick: the
+penultimate features of ``configs/cifar10/classifier.yaml``'s classifier) against the 10,000 test images, beside
+two references at the same number of images: the VQ-VAE's reconstructions of test images (what a perfect prior
+could reach through this decoder) and training images (the yardstick's floor). A Fréchet distance from 1,000 images
+is biased upwards: compare the rows with each other, not with figures from other sample sizes.
 """
 
 from __future__ import annotations
@@ -32,13 +47,19 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_ae import VQVAE, MNISTDataModule, PixelCNNPrior, TransformerPrior, VectorQuantizer
+from lightning_ae import PixelCNNPrior, TransformerPrior
+from lightning_ae.cli import build_cli
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DATA_ENV = {"mnist": "LIGHTNING_AE_DATA", "cifar10": "LIGHTNING_AE_CIFAR10"}
+PRIOR_CONFIG = {"pixelcnn": "vqvae_prior", "transformer": "transformer_prior", "transformer-cond": "transformer_prior"}
 
 
 def batches(n: int, batch_size: int, gen: torch.Generator):
@@ -46,23 +67,34 @@ def batches(n: int, batch_size: int, gen: torch.Generator):
         yield from torch.randperm(n, generator=gen).split(batch_size)
 
 
-def mnist() -> MNISTDataModule:
-    dm = MNISTDataModule(data_dir=os.environ["LIGHTNING_AE_DATA"], download=False, val_size=5000)
-    dm.setup("fit")
-    dm.setup("test")
-    return dm
+def from_config(dataset: str, name: str, *overrides: str) -> Any:
+    """The CLI of ``configs/<dataset>/<name>.yaml`` built but not run (model, data and their links), the data
+    read from the folder in the dataset's environment variable."""
+    return build_cli(["--config", str(CONFIGS / dataset / f"{name}.yaml"), "--trainer.logger", "false", *overrides],
+                     run=False)
 
 
-# ---- stage 1: the VQ-VAE and its codes ----------------------------------------------------------------------------
+def optimizer_of(model: Any) -> torch.optim.Optimizer:
+    """The optimizer the model's config configures (its scheduler, if any, is not used in these fixed budgets)."""
+    built = model.configure_optimizers()
+    return built["optimizer"] if isinstance(built, dict) else built
+
+
+def image_data(dataset: str) -> tuple[Any, Any]:
+    """The VQ-VAE config's model (seeded by the config) and its datamodule, set up for fit and test."""
+    cli = from_config(dataset, "vqvae", "--data.data_dir", os.environ[DATA_ENV[dataset]], "--data.download", "false")
+    cli.datamodule.setup("fit")
+    cli.datamodule.setup("test")
+    return cli.model, cli.datamodule
+
+
 def stage_codes(args: argparse.Namespace) -> None:
-    dm, gen = mnist(), torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    model = VQVAE(image_shape=(1, 28, 28), latent_dim=64, hidden_channels=128, res_channels=32, num_res_blocks=2,
-                  quantizer=VectorQuantizer(512, 64, beta=0.25, ema=True, decay=0.99, kmeans_init=True,
-                                            restart_threshold=1.0)).train()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    model, dm = image_data(args.dataset)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    opt = optimizer_of(model)
     images, start = dm.train_set.images, time.perf_counter()
-    for step, idx in enumerate(batches(images.shape[0], 128, gen), start=1):
+    for step, idx in enumerate(batches(images.shape[0], dm.batch_size, gen), start=1):
         terms = model.loss_terms(dm.transform(images[idx], training=True), "train").as_dict()
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
@@ -84,20 +116,24 @@ def stage_codes(args: argparse.Namespace) -> None:
         x = dm.test_set.images
         se = sum(F.mse_loss(model(dm.transform(c, False)), dm.transform(c, False), reduction="sum").item()
                  for c in x.split(1000))
-    meta = {"vq_steps": args.vq_steps, "test_mse": se / x.numel(), "seconds": time.perf_counter() - start}
+    meta = {"dataset": args.dataset, "vq_steps": args.vq_steps, "batch_size": dm.batch_size,
+            "test_mse": se / x.numel(), "seconds": time.perf_counter() - start}
     (args.work / "vqvae.json").write_text(json.dumps(meta, indent=2))
     print(json.dumps(meta))
 
 
 # ---- stage 2: a prior for a wall-clock budget --------------------------------------------------------------------
-def build_prior(kind: str, folder: Path) -> tuple[PixelCNNPrior | TransformerPrior, torch.optim.Optimizer]:
-    if kind == "pixelcnn":  # configs/mnist/vqvae_prior.yaml
-        prior = PixelCNNPrior(str(folder), channels=64, num_layers=8, kernel_size=5)
-        return prior, torch.optim.Adam(prior.network_parameters(), lr=1e-3)
-    # configs/mnist/transformer_prior.yaml
-    prior = TransformerPrior(str(folder), dim=128, num_layers=4, num_heads=4, dropout=0.1, class_dropout=0.1,
-                             num_classes=10, class_conditional=kind == "transformer-cond")
-    return prior, torch.optim.AdamW(prior.network_parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)
+def build_prior(dataset: str, kind: str, folder: Path) -> tuple[PixelCNNPrior | TransformerPrior,
+                                                                 torch.optim.Optimizer, int]:
+    """The prior of ``configs/<dataset>/<vqvae_prior|transformer_prior>.yaml`` over the VQ-VAE folder, the config's
+    optimizer over its trainable parameters, and the config's batch size."""
+    images = "--data.init_args." if kind == "pixelcnn" else "--data.init_args.images.init_args."  # codes of images
+    overrides = ["--model.init_args.vqvae_checkpoint", str(folder), f"{images}data_dir",
+                 os.environ[DATA_ENV[dataset]], f"{images}download", "false"]
+    if kind != "pixelcnn":
+        overrides += ["--model.init_args.class_conditional", str(kind == "transformer-cond").lower()]
+    cli = from_config(dataset, PRIOR_CONFIG[kind], *overrides)
+    return cli.model, optimizer_of(cli.model), cli.datamodule.batch_size
 
 
 @torch.no_grad()
@@ -116,11 +152,11 @@ def stage_fit(args: argparse.Namespace) -> None:
     train_y = torch.from_numpy(np.load(args.work / "train_labels.npy")).long()
     test = torch.from_numpy(np.load(args.work / "test_codes.npy")).long()
     test_y = torch.from_numpy(np.load(args.work / "test_labels.npy")).long()
-    prior, opt = build_prior(args.prior, args.work / "vqvae")
+    prior, opt, batch_size = build_prior(args.dataset, args.prior, args.work / "vqvae")
     prior.train()
     budget, trained, cpu, step, curve = args.minutes * 60, 0.0, 0.0, 0, []
     next_eval = 0.0
-    for idx in batches(train.shape[0], 128, gen):
+    for idx in batches(train.shape[0], batch_size, gen):
         if trained >= next_eval:
             curve.append({"seconds": trained, "cpu_seconds": cpu, "steps": step,
                           "test_bits_per_code": test_bits(prior, test, test_y)})
@@ -152,7 +188,7 @@ def small_cnn() -> nn.Module:
 
 
 def stage_classifier(args: argparse.Namespace) -> None:
-    dm, gen = mnist(), torch.Generator().manual_seed(0)
+    dm, gen = image_data("mnist")[1], torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     net = small_cnn()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -192,6 +228,56 @@ def stage_samples(args: argparse.Namespace) -> None:
     (args.work / "samples.json").write_text(json.dumps(rows, indent=2))
 
 
+# ---- CIFAR-10: unconditional samples and their FD-C10 --------------------------------------------------------------
+def to_unit(images: torch.Tensor, pixel_range: tuple[float, float]) -> torch.Tensor:
+    """Images in the model's pixel range -> ``[0, 1]``, clamped (what the FD-C10 classifier reads)."""
+    low, high = pixel_range
+    return ((images - low) / (high - low)).clamp(0, 1)
+
+
+@torch.no_grad()
+def stage_draw(args: argparse.Namespace) -> None:
+    prior = (PixelCNNPrior if args.prior == "pixelcnn" else TransformerPrior).from_pretrained(
+        args.work / f"prior-{args.prior}").eval()
+    gen, start, chunks = torch.Generator().manual_seed(args.seed), time.perf_counter(), []
+    for n in torch.arange(args.num_samples).split(250):
+        chunks.append(to_unit(prior.sample(len(n), gen), prior.pixel_range))
+        print(f"{args.prior}: {sum(len(c) for c in chunks)} samples ({time.perf_counter() - start:.0f} s)", flush=True)
+    seconds = time.perf_counter() - start
+    images = (torch.cat(chunks) * 255).round().to(torch.uint8)  # (N, C, H, W)
+    np.save(args.work / f"samples-{args.prior}.npy", images.numpy())
+    meta = {"prior": args.prior, "samples": len(images), "threads": args.threads, "images_per_s": len(images) / seconds}
+    (args.work / f"draw-{args.prior}.json").write_text(json.dumps(meta, indent=2))
+    print(json.dumps(meta))
+
+
+@torch.no_grad()
+def stage_fd(args: argparse.Namespace) -> None:
+    from lightning_ae.callbacks.evaluation import build_yardstick
+
+    model, dm = image_data("cifar10")
+    vqvae = type(model).from_pretrained(args.work / "vqvae").eval()
+    real = dm.test_set.images  # (10000, 3, 32, 32) uint8
+    n = args.num_samples
+    fakes = {"training images (floor)": dm.train_set.images[:n].float() / 255,
+             "VQ-VAE reconstructions": torch.cat([to_unit(vqvae(dm.transform(c, False)), vqvae.pixel_range)
+                                                  for c in real[:n].split(500)])}
+    for kind in ("pixelcnn", "transformer"):
+        path = args.work / f"samples-{kind}.npy"
+        if path.is_file():
+            fakes[f"{kind} samples"] = torch.from_numpy(np.load(path)).float() / 255
+    rows = []
+    for name, images in fakes.items():
+        metric = build_yardstick("fd", feature_network=str(args.classifier), image_shape=(3, 32, 32))
+        for chunk in real.split(500):
+            metric.update_real(chunk.float() / 255)
+        for chunk in images.split(500):
+            metric.update_fake(chunk)
+        rows.append({"images": name, "count": len(images), "fd_c10": float(metric.compute())})
+        print(json.dumps(rows[-1]), flush=True)
+    (args.work / "fd.json").write_text(json.dumps(rows, indent=2))
+
+
 # ---- the report ----------------------------------------------------------------------------------------------------
 def stage_report(args: argparse.Namespace) -> None:
     import matplotlib
@@ -208,16 +294,19 @@ def stage_report(args: argparse.Namespace) -> None:
             out[kind] = fit
             ax.plot([c["seconds"] / 60 for c in fit["curve"]], [c["test_bits_per_code"] for c in fit["curve"]],
                     label=f"{kind} ({fit['parameters'] / 1e6:.2f}M parameters)")
-    for name in ("classifier", "samples"):
+    for name in ("classifier", "samples", "draw-pixelcnn", "draw-transformer", "fd"):
         if (args.work / f"{name}.json").is_file():
             out[name] = json.loads((args.work / f"{name}.json").read_text())
     ax.set_xlabel("training minutes (one thread)")
     ax.set_ylabel("test NLL, bits per code")
-    ax.set_ylim(top=4.5)
+    if args.dataset == "mnist":
+        ax.set_ylim(top=4.5)
     ax.legend()
     ax.grid(alpha=0.3)
     args.png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.png, dpi=100, bbox_inches="tight")
+    if "fd" in out:
+        sample_grid(args)
     summary = {k: ({kk: vv for kk, vv in v.items() if kk != "curve"} if isinstance(v, dict) else v)
                for k, v in out.items()}
     print(json.dumps(summary, indent=2))
@@ -225,24 +314,49 @@ def stage_report(args: argparse.Namespace) -> None:
     args.out.write_text(json.dumps(out, indent=2))
 
 
+def sample_grid(args: argparse.Namespace) -> None:
+    """``docs/prior_samples_cifar10.png``: the first 32 samples of each prior (4 rows of 8; PixelCNN above)."""
+    from PIL import Image
+
+    rows = []
+    for kind in ("pixelcnn", "transformer"):
+        images = np.load(args.work / f"samples-{kind}.npy")[:32]  # (32, 3, 32, 32)
+        rows.append(images.reshape(4, 8, 3, 32, 32).transpose(0, 3, 1, 4, 2).reshape(128, 256, 3))
+    gap = np.full((8, 256, 3), 255, np.uint8)
+    grid = np.concatenate([rows[0], gap, rows[1]])
+    path = args.png.with_name("prior_samples_cifar10.png")
+    Image.fromarray(grid).resize((512, 528), Image.NEAREST).save(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["codes", "fit", "classifier", "samples", "report"])
-    parser.add_argument("--work", type=Path, default=Path(".cache/prior_bench"))
+    parser.add_argument("stage", choices=["codes", "fit", "classifier", "samples", "draw", "fd", "report"])
+    parser.add_argument("--dataset", choices=["mnist", "cifar10"], default="mnist")
+    parser.add_argument("--work", type=Path, default=None, help="default .cache/prior_bench[_cifar10]")
     parser.add_argument("--vq-steps", type=int, default=1500)
-    parser.add_argument("--prior", choices=["pixelcnn", "transformer", "transformer-cond"], default="transformer")
+    parser.add_argument("--prior", choices=list(PRIOR_CONFIG), default="transformer")
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--eval-every", type=float, default=60.0, help="seconds of training between test NLLs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classifier-steps", type=int, default=1500)
     parser.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 2.0, 3.0])
+    parser.add_argument("--num-samples", type=int, default=1000, help="draw and fd: images per row")
+    parser.add_argument("--classifier", type=Path, help="fd: the FD-C10 classifier's model folder")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--png", type=Path, default=Path("docs/prior_nll_mnist.png"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prior_nll_mnist.json"))
+    parser.add_argument("--png", type=Path, default=None, help="default docs/prior_nll_<dataset>.png")
+    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/prior_nll_<dataset>.json")
     args = parser.parse_args()
+    suffix = "" if args.dataset == "mnist" else f"_{args.dataset}"
+    args.work = args.work or Path(f".cache/prior_bench{suffix}")
+    args.png = args.png or Path(f"docs/prior_nll_{args.dataset}.png")
+    args.out = args.out or Path(f"benchmarks/results/prior_nll_{args.dataset}.json")
+    if args.stage in ("classifier", "samples") and args.dataset != "mnist":
+        parser.error(f"{args.stage} is the MNIST class-conditional check")
+    if args.stage == "fd" and (args.dataset != "cifar10" or args.classifier is None):
+        parser.error("fd scores CIFAR-10 samples: pass --dataset cifar10 --classifier FOLDER")
     torch.set_num_threads(args.threads)
     {"codes": stage_codes, "fit": stage_fit, "classifier": stage_classifier, "samples": stage_samples,
-     "report": stage_report}[args.stage](args)
+     "draw": stage_draw, "fd": stage_fd, "report": stage_report}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -171,6 +171,7 @@ def from_config(config: dict[str, Any], base: type[M] = LightningModule) -> M:  
     cls = resolve_class(config["class_path"], base)
     init_args = {**constructor_defaults(cls), **(config.get("init_args") or {})}
     model = instantiate_module(cls, {"_class_path": config["class_path"], **init_args})
+    model.hparams.clear()  # built inside LightningCLI (a prior's frozen model), it would hold the outer model's too
     model.hparams.update({"_class_path": config["class_path"], **init_args, "_instantiator": INSTANTIATOR})
     return model
 

@@ -352,3 +352,27 @@ def test_sample_grid_draws_one_row_per_class(folders: dict[str, Path]) -> None:
     assert grid.shape == (12, 1, 28, 28) and torch.equal(grid, expected)
     unconditional = TransformerPrior(str(folders["vq"]), **SMALL).eval()
     assert SampleGrid(num_samples=5)._draw(unconditional).shape == (5, 1, 28, 28)
+
+
+@pytest.mark.parametrize("prior_class", ["lightning_ae.TransformerPrior", "lightning_ae.PixelCNNPrior"])
+def test_a_prior_built_by_the_cli_over_a_model_folder_saves_a_folder_that_loads(
+        prior_class: str, folders: dict[str, Path], tmp_path: Path) -> None:
+    """Built inside LightningCLI, the frozen model loaded from a folder must not record the prior's
+    hyperparameters as its own (its saved config.json would then name arguments a VQ-VAE does not take)."""
+    from lightning_ae.cli import build_cli
+    from lightning_ae.pretrained import load_model
+
+    small = ["--model.init_args.dim", "32", "--model.init_args.num_layers", "1", "--model.init_args.num_heads", "4"]
+    if prior_class.endswith("PixelCNNPrior"):
+        small = ["--model.init_args.channels", "8", "--model.init_args.num_layers", "2"]
+    cli = build_cli(["--model", prior_class, "--model.init_args.vqvae_checkpoint", str(folders["vq"]), *small,
+                     "--data", "lightning_ae.FakeImageDataModule", "--data.image_shape", "[1, 28, 28]",
+                     "--trainer.logger", "false"], run=False)
+    vq_config = json.loads((Path(folders["vq"]) / "config.json").read_text())["init_args"]
+    assert set(dict(cli.model.vqvae.hparams)) - {"_class_path", "_instantiator"} == set(vq_config)
+    cli.model.save_pretrained(tmp_path / "prior")
+    saved = json.loads((tmp_path / "prior" / "vqvae" / "config.json").read_text())["init_args"]
+    assert "vqvae_checkpoint" not in saved and saved == vq_config
+    loaded = load_model(tmp_path / "prior").eval()
+    codes = torch.randint(16, (2, 7, 7))
+    torch.testing.assert_close(loaded.nll(codes), cli.model.eval().nll(codes))
