@@ -13,13 +13,16 @@ hits both alike; nothing else may run meanwhile):
     python benchmarks/prior_nll.py classifier --threads 1; wait
     python benchmarks/prior_nll.py samples                            # 1,000 class-conditional samples, classified
     python benchmarks/prior_nll.py report                             # the table and docs/prior_nll_mnist.png
+    python benchmarks/prior_nll.py fit --prior pixelcnn --seed 1 ... # further seeds: fit-<prior>-seed1.json,
+                                                                      # their spread in the report
 
-    export LIGHTNING_AE_CIFAR10=path/holding/cifar-10-batches-py      # CIFAR-10 (the FD-C10 classifier's data)
+    export LIGHTNING_AE_CIFAR10=path/holding/cifar-10-batches-py      # CIFAR-10
+    lightning-ae fit --config configs/cifar10/classifier.yaml --save_pretrained cifar10-classifier  # FD-C10's
     python benchmarks/prior_nll.py codes --dataset cifar10 --vq-steps 4000 --threads 2
     python benchmarks/prior_nll.py fit --dataset cifar10 --prior pixelcnn --minutes 15 --eval-every 180 &
     python benchmarks/prior_nll.py fit --dataset cifar10 --prior transformer --minutes 15 --eval-every 180; wait
-    python benchmarks/prior_nll.py draw --dataset cifar10 --prior pixelcnn --num-samples 1000 &
-    python benchmarks/prior_nll.py draw --dataset cifar10 --prior transformer --num-samples 1000; wait
+    python benchmarks/prior_nll.py draw --dataset cifar10 --prior transformer --num-samples 1000 --threads 2
+    python benchmarks/prior_nll.py draw --dataset cifar10 --prior pixelcnn --num-samples 1000 --threads 2
     python benchmarks/prior_nll.py fd --dataset cifar10 --classifier cifar10-classifier --threads 2
     python benchmarks/prior_nll.py report --dataset cifar10
 
@@ -175,8 +178,9 @@ def stage_fit(args: argparse.Namespace) -> None:
     result = {"prior": args.prior, "minutes": args.minutes, "threads": args.threads, "seed": args.seed,
               "steps": step, "parameters": sum(p.numel() for p in prior.network_parameters()),
               "test_bits_per_code": curve[-1]["test_bits_per_code"], "curve": curve}
-    prior.save_pretrained(args.work / f"prior-{args.prior}")
-    (args.work / f"fit-{args.prior}.json").write_text(json.dumps(result, indent=2))
+    tag = args.prior if args.seed == 0 else f"{args.prior}-seed{args.seed}"  # seed 0 is what draw/samples read
+    prior.save_pretrained(args.work / f"prior-{tag}")
+    (args.work / f"fit-{tag}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}))
 
 
@@ -294,6 +298,12 @@ def stage_report(args: argparse.Namespace) -> None:
             out[kind] = fit
             ax.plot([c["seconds"] / 60 for c in fit["curve"]], [c["test_bits_per_code"] for c in fit["curve"]],
                     label=f"{kind} ({fit['parameters'] / 1e6:.2f}M parameters)")
+            seeds = [fit] + [json.loads(p.read_text()) for p in sorted(args.work.glob(f"fit-{kind}-seed*.json"))]
+            if len(seeds) > 1:
+                bits = [s["test_bits_per_code"] for s in seeds]
+                out[f"{kind} over seeds"] = {"seeds": [s["seed"] for s in seeds],
+                                             "minutes": [s["minutes"] for s in seeds], "test_bits_per_code": bits,
+                                             "mean": float(np.mean(bits)), "min": min(bits), "max": max(bits)}
     for name in ("classifier", "samples", "draw-pixelcnn", "draw-transformer", "fd"):
         if (args.work / f"{name}.json").is_file():
             out[name] = json.loads((args.work / f"{name}.json").read_text())
