@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_ae import PixelCNNPrior, TransformerPrior
+from lightning_ae.callbacks.grid import make_grid, normalize_images, to_rgb_uint8
 from lightning_ae.cli import build_cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -233,19 +234,13 @@ def stage_samples(args: argparse.Namespace) -> None:
 
 
 # ---- CIFAR-10: unconditional samples and their FD-C10 --------------------------------------------------------------
-def to_unit(images: torch.Tensor, pixel_range: tuple[float, float]) -> torch.Tensor:
-    """Images in the model's pixel range -> ``[0, 1]``, clamped (what the FD-C10 classifier reads)."""
-    low, high = pixel_range
-    return ((images - low) / (high - low)).clamp(0, 1)
-
-
 @torch.no_grad()
 def stage_draw(args: argparse.Namespace) -> None:
     prior = (PixelCNNPrior if args.prior == "pixelcnn" else TransformerPrior).from_pretrained(
         args.work / f"prior-{args.prior}").eval()
     gen, start, chunks = torch.Generator().manual_seed(args.seed), time.perf_counter(), []
     for n in torch.arange(args.num_samples).split(250):
-        chunks.append(to_unit(prior.sample(len(n), gen), prior.pixel_range))
+        chunks.append(normalize_images(prior.sample(len(n), gen), prior.pixel_range))
         print(f"{args.prior}: {sum(len(c) for c in chunks)} samples ({time.perf_counter() - start:.0f} s)", flush=True)
     seconds = time.perf_counter() - start
     images = (torch.cat(chunks) * 255).round().to(torch.uint8)  # (N, C, H, W)
@@ -258,26 +253,29 @@ def stage_draw(args: argparse.Namespace) -> None:
 @torch.no_grad()
 def stage_fd(args: argparse.Namespace) -> None:
     from lightning_ae.callbacks.evaluation import build_yardstick
+    from lightning_ae.metrics import FrechetDistance, frechet_distance
 
     model, dm = image_data("cifar10")
     vqvae = type(model).from_pretrained(args.work / "vqvae").eval()
     real = dm.test_set.images  # (10000, 3, 32, 32) uint8
     n = args.num_samples
     fakes = {"training images (floor)": dm.train_set.images[:n].float() / 255,
-             "VQ-VAE reconstructions": torch.cat([to_unit(vqvae(dm.transform(c, False)), vqvae.pixel_range)
+             "VQ-VAE reconstructions": torch.cat([normalize_images(vqvae(dm.transform(c, False)), vqvae.pixel_range)
                                                   for c in real[:n].split(500)])}
     for kind in ("pixelcnn", "transformer"):
         path = args.work / f"samples-{kind}.npy"
         if path.is_file():
             fakes[f"{kind} samples"] = torch.from_numpy(np.load(path)).float() / 255
+    reference = build_yardstick("fd", feature_network=str(args.classifier), image_shape=(3, 32, 32))
+    for chunk in real.split(500):  # the test images' features, once for every row
+        reference.update_real(chunk.float() / 255)
     rows = []
     for name, images in fakes.items():
-        metric = build_yardstick("fd", feature_network=str(args.classifier), image_shape=(3, 32, 32))
-        for chunk in real.split(500):
-            metric.update_real(chunk.float() / 255)
+        metric = FrechetDistance(reference.features, reference.real_sum.numel())
         for chunk in images.split(500):
             metric.update_fake(chunk)
-        rows.append({"images": name, "count": len(images), "fd_c10": float(metric.compute())})
+        fd = frechet_distance(*reference.statistics("real"), *metric.statistics("fake"))
+        rows.append({"images": name, "count": len(images), "fd_c10": float(fd)})
         print(json.dumps(rows[-1]), flush=True)
     (args.work / "fd.json").write_text(json.dumps(rows, indent=2))
 
@@ -328,14 +326,12 @@ def sample_grid(args: argparse.Namespace) -> None:
     """``docs/prior_samples_cifar10.png``: the first 32 samples of each prior (4 rows of 8; PixelCNN above)."""
     from PIL import Image
 
-    rows = []
-    for kind in ("pixelcnn", "transformer"):
-        images = np.load(args.work / f"samples-{kind}.npy")[:32]  # (32, 3, 32, 32)
-        rows.append(images.reshape(4, 8, 3, 32, 32).transpose(0, 3, 1, 4, 2).reshape(128, 256, 3))
-    gap = np.full((8, 256, 3), 255, np.uint8)
-    grid = np.concatenate([rows[0], gap, rows[1]])
-    path = args.png.with_name("prior_samples_cifar10.png")
-    Image.fromarray(grid).resize((512, 528), Image.NEAREST).save(path)
+    grids = [make_grid(torch.from_numpy(np.load(args.work / f"samples-{kind}.npy")[:32]).float() / 255, nrow=8)
+             for kind in ("pixelcnn", "transformer")]  # (3, 4 * 34 + 2, 8 * 34 + 2) each
+    gap = torch.ones(3, 8, grids[0].shape[2])
+    image = Image.fromarray(to_rgb_uint8(torch.cat([grids[0], gap, grids[1]], dim=1)))
+    image = image.resize((2 * image.width, 2 * image.height), Image.NEAREST)
+    image.save(args.png.with_name("prior_samples_cifar10.png"))
 
 
 def main() -> None:
