@@ -30,9 +30,12 @@ from lightning_ae.nets import PatchGANDiscriminator
 NET = {"ch": 64, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": []}
 MODELS = ("vqvae", "vqgan", "kl", "kl_gan")
 NEVER = 10**12
+DISC_WEIGHT = {"vq": 0.8, "kl": 0.5}  # taming's ImageNet VQGAN and latent diffusion's KL-f8
 
 
-def build(name: str) -> torch.nn.Module:
+def build(name: str, disc_weight: float | None = None) -> torch.nn.Module:
+    """The model named ``name``; ``disc_weight`` overrides the GAN variants' default (``DISC_WEIGHT``)."""
+    weight = DISC_WEIGHT[name[:2]] if disc_weight is None else disc_weight
     common: dict[str, Any] = {"image_shape": (3, 32, 32), "pixel_range": (-1.0, 1.0), "network_options": NET,
                               "disc_start": NEVER}
     if name.endswith("gan"):  # clipped by the model (manual optimization); the others by the Trainer, the same norm
@@ -41,9 +44,9 @@ def build(name: str) -> torch.nn.Module:
     if name.startswith("vq"):
         return VQGAN(latent_dim=64, quantizer=VectorQuantizer(1024, code_dim=64, kmeans_init=True,
                                                               restart_threshold=1.0),
-                     optimizer=lambda p: torch.optim.Adam(p, lr=2e-4, betas=(0.5, 0.9)), disc_weight=0.8, **common)
-    return AutoencoderKL(optimizer=lambda p: torch.optim.Adam(p, lr=4e-4, betas=(0.5, 0.9)), disc_weight=0.5,
-                         **common)
+                     optimizer=lambda p: torch.optim.Adam(p, lr=2e-4, betas=(0.5, 0.9)), disc_weight=weight, **common)
+    return AutoencoderKL(optimizer=lambda p: torch.optim.Adam(p, lr=4e-4, betas=(0.5, 0.9)),
+                         disc_weight=weight, **common)
 
 
 class StartDiscriminator(Callback):
@@ -69,6 +72,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--disc-weight", type=float, default=None,
+                        help="the GAN variants' disc_weight (default: 0.8 for vqgan, 0.5 for kl_gan)")
     parser.add_argument("--cifar-dir", default=os.environ.get("LIGHTNING_AE_CIFAR10"))
     parser.add_argument("--classifier", required=True, help="the FD-C10 classifier's model folder")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -77,7 +82,9 @@ def main() -> None:
         parser.error("--cifar-dir (or LIGHTNING_AE_CIFAR10) must name the folder holding cifar-10-batches-py")
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    model = build(args.model)
+    if args.disc_weight is not None and not args.model.endswith("gan"):
+        parser.error("--disc-weight applies to vqgan and kl_gan only")
+    model = build(args.model, args.disc_weight)
     data = CIFAR10DataModule(data_dir=args.cifar_dir, download=False, pixel_range=(-1.0, 1.0),
                              batch_size=args.batch_size, val_size=5000, seed=args.seed)
     budget = args.minutes * 60
@@ -87,16 +94,18 @@ def main() -> None:
                       num_sanity_val_steps=0, callbacks=[starter], max_epochs=-1,
                       **({} if args.model.endswith("gan") else {"gradient_clip_val": 1.0}))
     trainer.fit(model, datamodule=data)
-    steps = trainer.global_step
+    steps, gan = trainer.global_step, args.model.endswith("gan")
     score_data = CIFAR10DataModule(data_dir=args.cifar_dir, download=False, pixel_range=(-1.0, 1.0), batch_size=250)
     figures = evaluate_model(model, score_data, ["psnr", "ssim", "fd"], "test", "cpu", 1,
                              feature_network=args.classifier, fd_name="fd_c10")
     result = {"model": args.model, "seed": args.seed, "minutes": args.minutes, "threads": args.threads,
-              "steps": steps, "disc_start_step": starter.step if args.model.endswith("gan") else None,
+              "steps": steps, "disc_start_step": starter.step if gan else None,
+              "disc_weight": model.disc_weight if gan else None,
               **figures, "torch": torch.__version__}
     print(json.dumps(result))
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"gan_quality_{args.model}_seed{args.seed}.json"
+    weight = f"_dw{model.disc_weight:g}" if gan else ""
+    path = args.out / f"gan_quality_{args.model}{weight}_seed{args.seed}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(path)

@@ -14,16 +14,26 @@ and its command as a user types it (``WORK`` for the work folder). Logs go to ``
     python benchmarks/run_all.py --smoke --data-dir TINY --page PAGE.md   # seconds: the tests' smoke run
 
 ``--quick`` and ``--smoke`` figures are not the configs' and stay out of the docs: they need ``--page``.
+
+The full run trains each config for its own epochs (hours on a 2-core CPU for CIFAR-10), so it can be spread over
+several sittings: every finished row is kept as ``row.json`` in its folder of ``--work``, and a later run with the
+same ``--work`` and mode reuses it (pass a new ``--work`` to train again). ``--datasets`` runs some datasets only;
+the table holds every finished row of the work folder and names the ones still missing.
+
+    python benchmarks/run_all.py --work runs --datasets mnist     # one sitting: the MNIST rows
+    python benchmarks/run_all.py --work runs --datasets cifar10   # a later one: CIFAR-10 added to the table
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,7 +54,7 @@ VARIANTS = ("ae", "dae", "sae", "cae", "vae", "vqvae")
 MODE_FLAG = ""  # "quick" or "smoke" when the table is not from the configs' own runs
 START, END = "<!-- RESULTS-TABLE:START -->", "<!-- RESULTS-TABLE:END -->"
 MODES = {  # fit steps per variant, throughput steps/repeats, datasets, IW samples of the VAE NLL
-    "full": {"steps": 3000, "tp_steps": 100, "tp_repeats": 9, "datasets": ("mnist", "cifar10"), "iw": 1000},
+    "full": {"steps": None, "tp_steps": 100, "tp_repeats": 9, "datasets": ("mnist", "cifar10"), "iw": 1000},
     "quick": {"steps": 300, "tp_steps": 50, "tp_repeats": 3, "datasets": ("mnist",), "iw": 100},
     "smoke": {"steps": 2, "tp_steps": 20, "tp_repeats": 1, "datasets": ("mnist",), "iw": 2,
               "data": ["--data.val_size", "16", "--data.batch_size", "16"]},
@@ -84,12 +94,13 @@ def data_args(dataset: str, args: argparse.Namespace) -> list[str]:
             *MODES[args.mode].get("data", [])]
 
 
-def fit_command(dataset: str, variant: str, steps: int, work: Path, args: argparse.Namespace) -> list[str]:
-    """The ``lightning-ae fit`` of one variant: its config, ``steps`` steps, a model folder in ``work`` (run from
-    ``work``, so the config's ``checkpoints/`` land there, apart from every other run)."""
+def fit_command(dataset: str, variant: str, steps: int | None, work: Path, args: argparse.Namespace) -> list[str]:
+    """The ``lightning-ae fit`` of one variant: its config, for ``steps`` steps (``None``: the config's own epochs
+    or steps), a model folder in ``work`` (run from ``work``, so the config's ``checkpoints/`` land there, apart
+    from every other run)."""
+    length = [] if steps is None else ["--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1"]
     return [sys.executable, "-m", "lightning_ae", "fit", "--config", str(ROOT / f"configs/{dataset}/{variant}.yaml"),
-            *data_args(dataset, args), "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1",
-            "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+            *data_args(dataset, args), *length, "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
             "--trainer.default_root_dir", str(work), "--save_pretrained", str(work / "model")]
 
 
@@ -148,16 +159,21 @@ def fmt(metrics: dict[str, float], key: str, spec: str) -> str:
     return format(metrics[key], spec) if key in metrics else ""
 
 
-def table(rows: list[dict[str, str]], where: str) -> str:
-    """The markdown table of all rows, with the machine and how it was made."""
+def table(rows: list[dict[str, str]], where: str, missing: list[str]) -> str:
+    """The markdown table of all rows, with the machine, the dates the rows ran on and how it was made; ``missing``
+    names the rows not run yet."""
     head = ["variant", "dataset", "test MSE", "PSNR", "SSIM", "probe acc.", "VAE NLL", "VQ perplexity",
             "VQ codes used", "train images/s", "minutes", "command"]
-    lines = [f"Machine: {where}; {time.strftime('%Y-%m-%d')}. Written by `python benchmarks/run_all.py"
+    dates = sorted({row.get("date", time.strftime("%Y-%m-%d")) for row in rows})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    lines = [f"Machine: {where}; {when}. Written by `python benchmarks/run_all.py"
              f"{' --' + MODE_FLAG if MODE_FLAG else ''}`.", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     keys = ["variant", "dataset", "mse", "psnr", "ssim", "probe", "nll", "perplexity", "used", "throughput", "minutes"]
     for row in rows:
         lines.append("| " + " | ".join(row.get(k, "") for k in keys) + f" | `{row['command']}` |")
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)}."]
     return "\n".join(lines)
 
 
@@ -193,7 +209,11 @@ def main() -> None:
                         help="the page whose RESULTS-TABLE markers get the table (default docs/benchmarks.md; "
                              "required with --quick and --smoke)")
     parser.add_argument("--work", type=Path, default=None, help="runs and logs (default: a temporary folder)")
+    parser.add_argument("--datasets", nargs="+", default=None, choices=("mnist", "cifar10"),
+                        help="train these datasets' rows now (default: the mode's datasets)")
     parser.add_argument("--skip-vae-throughput", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true",
+                        help="reuse the throughput rows of a former run in --work (run them when there are none)")
     args = parser.parse_args()
     if not args.data_dir:
         parser.error("set LIGHTNING_AE_DATA or --data-dir to the folder holding MNIST/raw")
@@ -206,24 +226,75 @@ def main() -> None:
     global MODE_FLAG
     MODE_FLAG = "" if args.mode == "full" else args.mode
     mode = MODES[args.mode]
-    datasets = [d for d in mode["datasets"] if d == "mnist" or args.cifar_dir]
+    datasets = [d for d in args.datasets or mode["datasets"] if d in mode["datasets"]]
+    if "cifar10" in datasets and not args.cifar_dir:
+        if args.datasets:
+            parser.error("set LIGHTNING_AE_CIFAR10 or --cifar-dir to the folder holding cifar-10-batches-py")
+        datasets.remove("cifar10")
     work = args.work or Path(tempfile.mkdtemp(prefix="run_all-"))
     work = args.work_dir = work.resolve()
-    rows = []
-    for dataset in datasets:
+    rows, missing = [], []
+    for dataset in mode["datasets"]:
         for variant in args.variants:
-            folder = work / dataset / variant
-            folder.mkdir(parents=True, exist_ok=True)
-            command = fit_command(dataset, variant, mode["steps"], folder, args)
-            start = time.perf_counter()
-            run(command, folder / "fit.log", cwd=folder)
-            scores = score(dataset, variant, folder, mode["iw"], args)
-            rows.append(variant_row(dataset, variant, command, scores, args))
-            rows[-1]["minutes"] = f"{(time.perf_counter() - start) / 60:.1f}"
-            print(json.dumps(rows[-1]), flush=True)
-    rows += throughput_rows(mode, work, args)
-    write_table(args.page, table(rows, machine()))
+            if dataset in datasets:
+                rows.append(variant_result(dataset, variant, work / dataset / variant, mode, args))
+            elif (row := saved_row(work / dataset / variant / "row.json", args.mode,
+                                   config_digest(dataset, variant))) is not None:
+                rows.append(row)
+            else:
+                missing.append(f"{variant} on {dataset}")
+    saved = saved_row(work / "throughput.json", args.mode)
+    if saved is None or not args.skip_throughput:
+        rows_now = [row | {"date": time.strftime("%Y-%m-%d")} for row in throughput_rows(mode, work, args)]
+        saved = {"mode": args.mode, "config": None, "rows": rows_now}
+        write_json(work / "throughput.json", saved)
+    rows += saved["rows"]
+    write_table(args.page, table(rows, machine(), missing))
     print(f"results table written to {args.page}; runs in {work}")
+
+
+def write_json(path: Path, value: Any) -> None:
+    """``value`` as JSON at ``path`` (temporary file, then rename: a killed run leaves no half row)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def config_digest(dataset: str, variant: str) -> str:
+    """SHA-256 of the variant's config: a row kept from an older config is not reused."""
+    return hashlib.sha256((ROOT / f"configs/{dataset}/{variant}.yaml").read_bytes()).hexdigest()
+
+
+def saved_row(path: Path, mode: str, config: str | None = None) -> Any:
+    """What a former run of ``mode`` (and of the config whose digest is ``config``) kept at ``path``: the row of a
+    variant, or ``{"rows": [...]}`` of the throughput benchmarks when ``config`` is ``None``; ``None`` if none."""
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("mode") != mode or saved.get("config") != config:
+        return None
+    return saved if config is None else saved["row"]
+
+
+def variant_result(dataset: str, variant: str, folder: Path, mode: dict[str, Any],
+                   args: argparse.Namespace) -> dict[str, str]:
+    """The row of one variant: kept from a former run of this mode in ``folder``, or trained and scored now."""
+    digest = config_digest(dataset, variant)
+    if (row := saved_row(folder / "row.json", args.mode, digest)) is not None:
+        print(f"reusing {folder / 'row.json'}", flush=True)
+        return row
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in ("model", "checkpoints"):  # an unfinished run's leftovers: train from the start
+        shutil.rmtree(folder / old, ignore_errors=True)
+    command = fit_command(dataset, variant, mode["steps"], folder, args)
+    start = time.perf_counter()
+    run(command, folder / "fit.log", cwd=folder)
+    scores = score(dataset, variant, folder, mode["iw"], args)
+    row = variant_row(dataset, variant, command, scores, args)
+    row |= {"minutes": f"{(time.perf_counter() - start) / 60:.1f}", "date": time.strftime("%Y-%m-%d")}
+    write_json(folder / "row.json", {"mode": args.mode, "config": digest, "row": row})
+    print(json.dumps(row), flush=True)
+    return row
 
 
 if __name__ == "__main__":

@@ -21,12 +21,15 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 from lightning.pytorch import seed_everything
 
-from benchmarks.vae_common import TimeBudget, fit_for
 from lightning_ae import VAE, CIFAR10DataModule
+
+sys.path.insert(0, str(Path(__file__).parent))  # runs as python benchmarks/<name>.py too
+from vae_common import TimeBudget, fit_for
 
 DIMS = 3 * 32 * 32
 

@@ -32,13 +32,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
-from benchmarks.vae_common import (
+from lightning_ae import IWAE, VAE, MNISTDataModule, VampVAE
+
+sys.path.insert(0, str(Path(__file__).parent))  # runs as python benchmarks/<name>.py too
+from vae_common import (
     BATCH_SIZE,
     IMAGE_SHAPE,
     LR,
@@ -52,7 +57,6 @@ from benchmarks.vae_common import (
     static_test_images,
     test_nll,
 )
-from lightning_ae import IWAE, VAE, MNISTDataModule, VampVAE
 
 
 class EpochTimer(Callback):

@@ -25,14 +25,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from benchmarks.vae_common import BATCH_SIZE, LR, make_vae, mnist, networks, pythae_model, pythae_trainer
 from lightning_ae.distributions import DiagonalGaussian, bernoulli_nll
+
+sys.path.insert(0, str(Path(__file__).parent))  # runs as python benchmarks/<name>.py too
+from vae_common import BATCH_SIZE, LR, make_vae, mnist, networks, pythae_model, pythae_trainer
 
 
 class Clock:

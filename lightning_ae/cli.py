@@ -145,7 +145,7 @@ def check_parsed_ckpt_path(config: Any) -> None:
     check_ckpt_path(section.get("ckpt_path"), getattr(model, "class_path", None))
 
 
-# ---- shipping a trained model (issue 17): export, model folders -------------------------------------------------
+# ---- shipping a trained model: export, model folders ----------------------------------------------------------
 def add_save_pretrained_argument(parser: LightningArgumentParser) -> None:
     """``--save_pretrained DIR``: ``fit`` writes the trained model as a model folder (``save_pretrained``)."""
     parser.add_argument("--save_pretrained", type=str | None, default=None,
