@@ -82,7 +82,8 @@ def main() -> None:
         parser.error("--cifar-dir (or LIGHTNING_AE_CIFAR10) must name the folder holding cifar-10-batches-py")
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    if args.disc_weight is not None and not args.model.endswith("gan"):
+    gan = args.model.endswith("gan")
+    if args.disc_weight is not None and not gan:
         parser.error("--disc-weight applies to vqgan and kl_gan only")
     model = build(args.model, args.disc_weight)
     data = CIFAR10DataModule(data_dir=args.cifar_dir, download=False, pixel_range=(-1.0, 1.0),
@@ -92,9 +93,9 @@ def main() -> None:
     trainer = Trainer(max_time={"seconds": budget}, accelerator="cpu", devices=1, logger=False, limit_val_batches=0,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       num_sanity_val_steps=0, callbacks=[starter], max_epochs=-1,
-                      **({} if args.model.endswith("gan") else {"gradient_clip_val": 1.0}))
+                      **({} if gan else {"gradient_clip_val": 1.0}))
     trainer.fit(model, datamodule=data)
-    steps, gan = trainer.global_step, args.model.endswith("gan")
+    steps = trainer.global_step
     score_data = CIFAR10DataModule(data_dir=args.cifar_dir, download=False, pixel_range=(-1.0, 1.0), batch_size=250)
     figures = evaluate_model(model, score_data, ["psnr", "ssim", "fd"], "test", "cpu", 1,
                              feature_network=args.classifier, fd_name="fd_c10")
@@ -104,8 +105,8 @@ def main() -> None:
               **figures, "torch": torch.__version__}
     print(json.dumps(result))
     args.out.mkdir(parents=True, exist_ok=True)
-    weight = f"_dw{model.disc_weight:g}" if gan else ""
-    path = args.out / f"gan_quality_{args.model}{weight}_seed{args.seed}.json"
+    suffix = f"_dw{model.disc_weight:g}" if gan else ""
+    path = args.out / f"gan_quality_{args.model}{suffix}_seed{args.seed}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(path)

@@ -236,14 +236,14 @@ def main() -> None:
     rows, missing = [], []
     for dataset in mode["datasets"]:
         for variant in args.variants:
-            if dataset in datasets:
-                rows.append(variant_result(dataset, variant, work / dataset / variant, mode, args))
-            elif (row := saved_row(work / dataset / variant / "row.json", args.mode,
-                                   config_digest(dataset, variant))) is not None:
+            folder = work / dataset / variant
+            if (row := kept_row(dataset, variant, folder, args.mode)) is not None:
                 rows.append(row)
+            elif dataset in datasets:
+                rows.append(variant_result(dataset, variant, folder, mode, args))
             else:
                 missing.append(f"{variant} on {dataset}")
-    saved = saved_row(work / "throughput.json", args.mode)
+    saved = kept(work / "throughput.json", args.mode, None)
     if saved is None or not args.skip_throughput:
         rows_now = [row | {"date": time.strftime("%Y-%m-%d")} for row in throughput_rows(mode, work, args)]
         saved = {"mode": args.mode, "config": None, "rows": rows_now}
@@ -265,24 +265,26 @@ def config_digest(dataset: str, variant: str) -> str:
     return hashlib.sha256((ROOT / f"configs/{dataset}/{variant}.yaml").read_bytes()).hexdigest()
 
 
-def saved_row(path: Path, mode: str, config: str | None = None) -> Any:
-    """What a former run of ``mode`` (and of the config whose digest is ``config``) kept at ``path``: the row of a
-    variant, or ``{"rows": [...]}`` of the throughput benchmarks when ``config`` is ``None``; ``None`` if none."""
+def kept(path: Path, mode: str, config: str | None) -> dict[str, Any] | None:
+    """What a former run of ``mode`` (and of the config whose digest is ``config``) kept at ``path``; ``None`` if
+    nothing, or something from another mode or config."""
     if not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    if saved.get("mode") != mode or saved.get("config") != config:
-        return None
-    return saved if config is None else saved["row"]
+    return saved if saved.get("mode") == mode and saved.get("config") == config else None
+
+
+def kept_row(dataset: str, variant: str, folder: Path, mode: str) -> dict[str, str] | None:
+    """The row of one variant kept in ``folder`` by a former run of ``mode`` with the same config."""
+    saved = kept(folder / "row.json", mode, config_digest(dataset, variant))
+    if saved is not None:
+        print(f"reusing {folder / 'row.json'}", flush=True)
+    return None if saved is None else saved["row"]
 
 
 def variant_result(dataset: str, variant: str, folder: Path, mode: dict[str, Any],
                    args: argparse.Namespace) -> dict[str, str]:
-    """The row of one variant: kept from a former run of this mode in ``folder``, or trained and scored now."""
-    digest = config_digest(dataset, variant)
-    if (row := saved_row(folder / "row.json", args.mode, digest)) is not None:
-        print(f"reusing {folder / 'row.json'}", flush=True)
-        return row
+    """The row of one variant trained and scored now in ``folder`` (kept there as ``row.json``)."""
     folder.mkdir(parents=True, exist_ok=True)
     for old in ("model", "checkpoints"):  # an unfinished run's leftovers: train from the start
         shutil.rmtree(folder / old, ignore_errors=True)
@@ -292,7 +294,7 @@ def variant_result(dataset: str, variant: str, folder: Path, mode: dict[str, Any
     scores = score(dataset, variant, folder, mode["iw"], args)
     row = variant_row(dataset, variant, command, scores, args)
     row |= {"minutes": f"{(time.perf_counter() - start) / 60:.1f}", "date": time.strftime("%Y-%m-%d")}
-    write_json(folder / "row.json", {"mode": args.mode, "config": digest, "row": row})
+    write_json(folder / "row.json", {"mode": args.mode, "config": config_digest(dataset, variant), "row": row})
     print(json.dumps(row), flush=True)
     return row
 
