@@ -8,7 +8,10 @@ AutoencoderKL without and with its discriminator. Scored on the 10,000 test imag
     python benchmarks/gan_quality.py --model vqgan --minutes 20 --seed 0 --classifier cifar10-classifier
     python benchmarks/gan_quality.py --model vqvae --minutes 20 --seed 0 --classifier cifar10-classifier
 
-Two runs may share a 2-core machine with ``--threads 1`` each (both then get one core for the same budget).
+Runs compared with each other should share a sitting: started together with ``--threads 1`` each, they get the same
+wall-clock budget and the same share of the machine (two on a 2-core machine get a core each; three, two thirds of
+one: give them 30 minutes for about the steps of 20 on a core). Each JSON records the training steps and the CPU
+seconds the run got, and is named ``gan_quality_<model>[_dw<disc_weight>]_<minutes>min_seed<seed>.json``.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def main() -> None:
     parser.add_argument("--cifar-dir", default=os.environ.get("LIGHTNING_AE_CIFAR10"))
     parser.add_argument("--classifier", required=True, help="the FD-C10 classifier's model folder")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--save", type=Path, default=None, help="also save the trained model as a model folder here")
     args = parser.parse_args()
     if not args.cifar_dir:
         parser.error("--cifar-dir (or LIGHTNING_AE_CIFAR10) must name the folder holding cifar-10-batches-py")
@@ -94,19 +98,24 @@ def main() -> None:
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       num_sanity_val_steps=0, callbacks=[starter], max_epochs=-1,
                       **({} if gan else {"gradient_clip_val": 1.0}))
+    cpu_start = time.process_time()
     trainer.fit(model, datamodule=data)
+    train_cpu_s = time.process_time() - cpu_start
     steps = trainer.global_step
+    if args.save is not None:
+        model.save_pretrained(args.save)
     score_data = CIFAR10DataModule(data_dir=args.cifar_dir, download=False, pixel_range=(-1.0, 1.0), batch_size=250)
     figures = evaluate_model(model, score_data, ["psnr", "ssim", "fd"], "test", "cpu", 1,
                              feature_network=args.classifier, fd_name="fd_c10")
     result = {"model": args.model, "seed": args.seed, "minutes": args.minutes, "threads": args.threads,
-              "steps": steps, "disc_start_step": starter.step if gan else None,
+              "steps": steps, "train_cpu_s": round(train_cpu_s, 1), "date": time.strftime("%Y-%m-%d"),
+              "disc_start_step": starter.step if gan else None,
               "disc_weight": model.disc_weight if gan else None,
               **figures, "torch": torch.__version__}
     print(json.dumps(result))
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = f"_dw{model.disc_weight:g}" if gan else ""
-    path = args.out / f"gan_quality_{args.model}{suffix}_seed{args.seed}.json"
+    path = args.out / f"gan_quality_{args.model}{suffix}_{args.minutes:g}min_seed{args.seed}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(path)

@@ -105,7 +105,7 @@ class LoopBatches:
         self.images, self.args, self.device = images, args, device
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        return batches(self.images, self.args.batch_size, self.args.steps, self.device)
+        return batches(self.images, self.args.batch_size, self.args.steps, self.device, self.args.loop_gather)
 
     def __len__(self) -> int:
         return min(self.images.shape[0] // self.args.batch_size, self.args.steps)
@@ -123,11 +123,16 @@ def loop_batches_epoch(images: torch.Tensor, module: LightningModule, args: argp
     return timer.images / timer.seconds[0], timer.images / timer.seconds[1]
 
 
-def batches(images: torch.Tensor, batch_size: int, steps: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """Shuffled float batches in [0, 1] on ``device``, each one indexing of the uint8 images (wherever they are)."""
+def batches(images: torch.Tensor, batch_size: int, steps: int, device: torch.device, gather: str = "index"
+            ) -> Iterator[torch.Tensor]:
+    """Shuffled float batches in [0, 1] on ``device``, each one indexing of the uint8 images (wherever they are):
+    ``images[idx]`` (``gather="index"``, what a hand-written loop writes) or ``images.index_select(0, idx)`` (what
+    our datasets do; benchmarks/batch_gather.py)."""
     order = torch.randperm(images.shape[0], device=images.device)
     for i in range(0, min(images.shape[0] - batch_size + 1, steps * batch_size), batch_size):
-        yield images[order[i : i + batch_size]].to(device, non_blocking=True).float().div_(255)
+        idx = order[i : i + batch_size]
+        x = images[idx] if gather == "index" else images.index_select(0, idx)
+        yield x.to(device, non_blocking=True).float().div_(255)
 
 
 def loop_epoch(images: torch.Tensor, model: AutoencoderBase, args: argparse.Namespace, device: torch.device
@@ -140,7 +145,7 @@ def loop_epoch(images: torch.Tensor, model: AutoencoderBase, args: argparse.Name
     synchronize(device)
     start, cpu_start = time.perf_counter(), time.process_time()
     seen = 0
-    for x in batches(images, args.batch_size, args.steps, device):
+    for x in batches(images, args.batch_size, args.steps, device, args.loop_gather):
         with autocast:
             if args.model in ("ae", "tiny"):
                 loss = F.binary_cross_entropy_with_logits(decoder(encoder(x)), x)
@@ -179,6 +184,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend (aot_eager: traced, no code generated; gpu.sh's CPU smoke mode)")
     parser.add_argument("--on-device", action="store_true", help="hold the uint8 dataset on the device")
+    parser.add_argument("--loop-gather", choices=["index", "index_select"], default="index",
+                        help="how the loop (and the bare module) gathers a batch: images[idx], as a hand-written loop "
+                             "does, or index_select, as our datasets do (then only Lightning and our step differ)")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="profile instead of timing")
     parser.add_argument("--json", help="write the medians and ratios to this file")
     args = parser.parse_args()
@@ -225,11 +233,15 @@ def report(args: argparse.Namespace, n_images: int, runs: dict[str, list[tuple[f
     print("per step (wall clock, median): " + ", ".join(f"{key} {us:,.0f} us" for key, us in step_us.items()))
     for name, num, den in (("bare - loop (Lightning)", "bare", "loop"), ("step - bare (our step)", "step", "bare"),
                            ("ours - bare (our step + datamodule)", "ours", "bare")):
-        paired = sorted(args.batch_size * (1 / a[0] - 1 / b[0]) * 1e6 for a, b in zip(runs[num], runs[den],
-                                                                                        strict=True))
-        result[f"overhead_us_{num}_{den}"] = statistics.median(paired)
-        print(f"overhead {name}: {statistics.median(paired):,.0f} us per step (run by run {paired[0]:,.0f} .. "
-              f"{paired[-1]:,.0f})")
+        for i, clock in enumerate(("wall clock", "CPU time")):  # paired run by run: the spread is the noise's
+            paired = sorted(args.batch_size * (1 / a[i] - 1 / b[i]) * 1e6 for a, b in zip(runs[num], runs[den],
+                                                                                            strict=True))
+            quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
+            key = f"overhead_us_{num}_{den}" + ("" if i == 0 else "_cpu")
+            result[key] = statistics.median(paired)
+            result[key + "_quartiles"] = [quartiles[0], quartiles[2]]
+            print(f"overhead {name}, {clock}: {statistics.median(paired):,.0f} us per step (quartiles "
+                  f"{quartiles[0]:,.0f} .. {quartiles[2]:,.0f}; run by run {paired[0]:,.0f} .. {paired[-1]:,.0f})")
     print("floors: ours/loop >= 0.90 at batch 128, ours - bare <= 100 us per step; bare/loop is Lightning's own cost, "
           "step/bare our step's, ours/step our datamodule's")
     return result

@@ -87,8 +87,10 @@ class InMemoryImageDataset(Dataset[Batch]):
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
         if self.indices is not None:
             idx = self.indices[idx]
-        images = self.images[idx]
-        return images if self.labels is None else (images, self.labels[idx])
+        # index_select copies whole rows: several times faster than advanced indexing (images[idx]), which moves
+        # uint8 images element by element (benchmarks/batch_gather.py)
+        images = self.images.index_select(0, idx)
+        return images if self.labels is None else (images, self.labels.index_select(0, idx))
 
     def image_chunks(self, size: int = 4096) -> Iterator[torch.Tensor]:
         """The images, ``size`` at a time (so a memory-mapped dataset is never read into memory whole)."""

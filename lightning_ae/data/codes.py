@@ -53,8 +53,8 @@ class CodeDataset(Dataset[Any]):
 
     def __getitems__(self, indices: Sequence[int]) -> Any:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        codes = self.codes[idx].long()
-        return codes if self.labels is None else (codes, self.labels[idx])
+        codes = self.codes.index_select(0, idx).long()  # whole rows at once (see InMemoryImageDataset)
+        return codes if self.labels is None else (codes, self.labels.index_select(0, idx))
 
     def __getitem__(self, index: int) -> Any:
         batch = self.__getitems__([index])
