@@ -56,6 +56,18 @@ def test_no_machine_paths_or_tracker_references(page: Path) -> None:
         assert not re.search(pattern, text, re.I), f"{page.name}: {pattern}"
 
 
+RESULTS = sorted(p for p in (ROOT / "benchmarks" / "results").rglob("*.*")
+                 if p.suffix in (".json", ".log", ".txt", ".csv", ".md"))
+
+
+@pytest.mark.parametrize("result", RESULTS, ids=[p.name for p in RESULTS])
+def test_benchmark_results_name_no_machine_paths_or_tracker(result: Path) -> None:
+    """The docs quote these files: no folder of the machine that ran them, no tracker reference."""
+    text = result.read_text()
+    for pattern in (r"\bissues? ?\d+", r"/tmp/", r"/work/", r"/root/", r"\.\./shared", r"/home/"):
+        assert not re.search(pattern, text, re.I), f"{result.name}: {pattern}"
+
+
 def test_every_nav_page_exists_and_every_page_is_in_the_nav() -> None:
     config = (ROOT / "mkdocs.yml").read_text()
     nav = set(re.findall(r":\s*([\w/-]+\.md)\s*$", config, re.M))
