@@ -7,6 +7,7 @@ AutoencoderKL without and with its discriminator. Scored on the 10,000 test imag
 
     python benchmarks/gan_quality.py --model vqgan --minutes 20 --seed 0 --classifier cifar10-classifier
     python benchmarks/gan_quality.py --model vqvae --minutes 20 --seed 0 --classifier cifar10-classifier
+    python benchmarks/gan_quality.py --summary 30   # the table of every 30-minute result, GAN against non-GAN
 
 Runs compared with each other should share a sitting: started together with ``--threads 1`` each, they get the same
 wall-clock budget and the same share of the machine (two on a 2-core machine get a core each; three, two thirds of
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -68,9 +70,45 @@ class StartDiscriminator(Callback):
                 pl_module.disc_start = self.step
 
 
+PAIR = {"vqgan": "vqvae", "kl_gan": "kl"}  # each GAN variant's non-GAN twin
+PSNR_DROP = 1.5  # floor: the GAN's per-image PSNR at most this many dB below its twin's, and a lower FD-C10
+
+
+def summary(folder: Path, minutes: float) -> None:
+    """Prints a Markdown table of the ``minutes``-budget results in ``folder``: each run, then, per GAN setting, its
+    differences to its non-GAN twin of the same seed (same sitting) and whether each seed meets the floor."""
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob(f"gan_quality_*_{minutes:g}min_seed*.json"))]
+    if not runs:
+        raise SystemExit(f"no gan_quality_*_{minutes:g}min_seed*.json in {folder}")
+    for r in runs:
+        r.setdefault("disc_weight", None)  # the first results did not record it for the non-GAN variants
+    print("| model | disc_weight | seed | steps | PSNR per image (dB) | SSIM | FD-C10 |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
+    for r in sorted(runs, key=lambda r: (r["model"], r["disc_weight"] or 0, r["seed"])):
+        print(f"| {r['model']} | {r['disc_weight'] or '-'} | {r['seed']} | {r['steps']:,} | "
+              f"{r['test/psnr_per_image']:.2f} | {r['test/ssim']:.4f} | {r['test/fd_c10']:.2f} |")
+    twins = {(r["model"], r["seed"]): r for r in runs if r["model"] in PAIR.values()}
+    settings = sorted({(r["model"], r["disc_weight"]) for r in runs if r["model"] in PAIR})
+    print("\n| GAN setting | seeds | PSNR change (dB), per seed | FD-C10 change, per seed | floor met |\n"
+          "| --- | --- | --- | --- | --- |")
+    for model, weight in settings:
+        pairs = [(r, twins[PAIR[model], r["seed"]]) for r in runs
+                 if (r["model"], r["disc_weight"]) == (model, weight) and (PAIR[model], r["seed"]) in twins]
+        if not pairs:
+            continue
+        dpsnr = [g["test/psnr_per_image"] - t["test/psnr_per_image"] for g, t in pairs]
+        dfd = [g["test/fd_c10"] - t["test/fd_c10"] for g, t in pairs]
+        met = all(dp >= -PSNR_DROP and df < 0 for dp, df in zip(dpsnr, dfd, strict=True))
+        print(f"| {model} dw {weight:g} | {', '.join(str(g['seed']) for g, _ in pairs)} | "
+              f"{', '.join(f'{d:+.2f}' for d in dpsnr)} (mean {statistics.mean(dpsnr):+.2f}) | "
+              f"{', '.join(f'{d:+.1f}' for d in dfd)} (mean {statistics.mean(dfd):+.1f}) | {'yes' if met else 'no'} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=MODELS, required=True)
+    parser.add_argument("--model", choices=MODELS)
+    parser.add_argument("--summary", type=float, metavar="MINUTES", default=None,
+                        help="print the table of the results of this budget in --out instead of training")
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -78,10 +116,15 @@ def main() -> None:
     parser.add_argument("--disc-weight", type=float, default=None,
                         help="the GAN variants' disc_weight (default: 0.8 for vqgan, 0.5 for kl_gan)")
     parser.add_argument("--cifar-dir", default=os.environ.get("LIGHTNING_AE_CIFAR10"))
-    parser.add_argument("--classifier", required=True, help="the FD-C10 classifier's model folder")
+    parser.add_argument("--classifier", help="the FD-C10 classifier's model folder")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--save", type=Path, default=None, help="also save the trained model as a model folder here")
     args = parser.parse_args()
+    if args.summary is not None:
+        summary(args.out, args.summary)
+        return
+    if args.model is None or args.classifier is None:
+        parser.error("--model and --classifier are required to train (or give --summary MINUTES)")
     if not args.cifar_dir:
         parser.error("--cifar-dir (or LIGHTNING_AE_CIFAR10) must name the folder holding cifar-10-batches-py")
     torch.set_num_threads(args.threads)
