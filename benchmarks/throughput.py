@@ -7,6 +7,9 @@ optimizer and batch size). Runs alternate between the two in one run; medians ar
     python benchmarks/throughput.py --accelerator gpu --precision bf16-mixed --compile --on-device
     # where a step's time goes (cProfile of the Trainer.fit path, our code vs Lightning's)
     python benchmarks/throughput.py --profile 300
+    # per-step overheads in microseconds: the tiny model, steady steps only, many short alternating runs
+    python benchmarks/throughput.py --model tiny --batch-size 16 --steps 1000 --repeats 41 --steady \
+        --loop-gather index_select
 
 ``--model ae`` (default) is the headline benchmark: its loop is written out by hand (encoder, decoder, BCE);
 ``--model tiny`` the same with a 784-16-2-16-784 MLP, whose step is almost all fixed cost (the per-step overheads
@@ -24,6 +27,7 @@ import json
 import os
 import platform
 import pstats
+import random
 import statistics
 import time
 from collections.abc import Iterator
@@ -51,30 +55,43 @@ def synchronize(device: torch.device) -> None:
 
 
 class EpochTimer(Callback):
-    """Wall time and image count of each training epoch (excludes Trainer start-up)."""
+    """Wall time and image count of each training epoch (excludes Trainer start-up). With ``steady``, the clock
+    starts at the end of the first batch: the loader's iterator, the first fetch and the epoch's start and end hooks
+    (per-epoch costs) are left out, so what is timed is the steady per-step cost."""
 
-    def __init__(self) -> None:
+    def __init__(self, steady: bool = False) -> None:
+        self.steady = steady
         self.start = (0.0, 0.0)
         self.seconds = (0.0, 0.0)
         self.images = 0
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
+    def restart(self, pl_module: LightningModule) -> None:
         synchronize(pl_module.device)
         self.images = 0
         self.start = (time.perf_counter(), time.process_time())
 
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.restart(pl_module)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.steady and batch_idx == 0:
+            self.restart(pl_module)
+            return
         self.images += (batch if isinstance(batch, torch.Tensor) else batch[0]).shape[0]
+        if self.steady:
+            synchronize(pl_module.device)
+            self.seconds = (time.perf_counter() - self.start[0], time.process_time() - self.start[1])
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        synchronize(pl_module.device)
-        self.seconds = (time.perf_counter() - self.start[0], time.process_time() - self.start[1])
+        if not self.steady:
+            synchronize(pl_module.device)
+            self.seconds = (time.perf_counter() - self.start[0], time.process_time() - self.start[1])
 
 
 def lightning_epoch(data: MNISTDataModule, model: AutoencoderBase, steps: int, args: argparse.Namespace
                     ) -> tuple[float, float]:
     """Images/s of ``steps`` training steps through Trainer.fit: (wall clock, process CPU time)."""
-    timer = EpochTimer()
+    timer = EpochTimer(args.steady)
     trainer = Trainer(max_epochs=1, limit_train_batches=steps, accelerator=args.accelerator, devices=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], precision=args.precision)
@@ -115,7 +132,7 @@ def loop_batches_epoch(images: torch.Tensor, module: LightningModule, args: argp
                ) -> tuple[float, float]:
     """Images/s of the loop's batches through ``Trainer.fit`` (wall, CPU): on :class:`BareModule`, Lightning's own
     cost; on our model, Lightning's and our step's (without our datamodule)."""
-    timer = EpochTimer()
+    timer = EpochTimer(args.steady)
     trainer = Trainer(max_epochs=1, accelerator=args.accelerator, devices=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                       callbacks=[timer], precision=args.precision)
@@ -145,7 +162,10 @@ def loop_epoch(images: torch.Tensor, model: AutoencoderBase, args: argparse.Name
     synchronize(device)
     start, cpu_start = time.perf_counter(), time.process_time()
     seen = 0
-    for x in batches(images, args.batch_size, args.steps, device, args.loop_gather):
+    for step, x in enumerate(batches(images, args.batch_size, args.steps, device, args.loop_gather)):
+        if args.steady and step == 1:  # the clock from the end of the first step, as EpochTimer(steady=True)
+            synchronize(device)
+            start, cpu_start, seen = time.perf_counter(), time.process_time(), 0
         with autocast:
             if args.model in ("ae", "tiny"):
                 loss = F.binary_cross_entropy_with_logits(decoder(encoder(x)), x)
@@ -187,6 +207,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--loop-gather", choices=["index", "index_select"], default="index",
                         help="how the loop (and the bare module) gathers a batch: images[idx], as a hand-written loop "
                              "does, or index_select, as our datasets do (then only Lightning and our step differ)")
+    parser.add_argument("--steady", action="store_true",
+                        help="time each run from the end of its first step (per-step costs only, without the "
+                             "per-epoch ones: the loader's iterator, the first fetch, the epoch hooks)")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="profile instead of timing")
     parser.add_argument("--json", help="write the medians and ratios to this file")
     args = parser.parse_args()
@@ -201,6 +224,15 @@ RUNS = {"loop": "hand-written loop", "bare": "bare LightningModule, Trainer.fit,
         "step": "our model, Trainer.fit, loop batches", "ours": "our model + MNISTDataModule, Trainer.fit"}
 RATIOS = (("ours/loop", "ours", "loop"), ("bare/loop", "bare", "loop"), ("step/bare", "step", "bare"),
           ("ours/step", "ours", "step"), ("ours/bare", "ours", "bare"))
+
+
+def median_ci(values: list[float], level: float = 0.9, resamples: int = 2000) -> list[float]:
+    """Bootstrap interval of the median of ``values`` (percentile method, seeded): how far the median of the
+    paired differences can be trusted on a noisy machine."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    tail = int(resamples * (1 - level) / 2)
+    return [medians[tail], medians[-tail - 1]]
 
 
 def report(args: argparse.Namespace, n_images: int, runs: dict[str, list[tuple[float, float]]]) -> dict:
@@ -241,8 +273,10 @@ def report(args: argparse.Namespace, n_images: int, runs: dict[str, list[tuple[f
             key = f"overhead_us_{num}_{den}" + ("" if i == 0 else "_cpu")
             result[key] = statistics.median(paired)
             result[key + "_quartiles"] = [quartiles[0], quartiles[2]]
-            print(f"overhead {name}, {clock}: {statistics.median(paired):,.0f} us per step (quartiles "
-                  f"{quartiles[0]:,.0f} .. {quartiles[2]:,.0f}; run by run {paired[0]:,.0f} .. {paired[-1]:,.0f})")
+            result[key + "_ci90"] = ci = median_ci(paired)
+            print(f"overhead {name}, {clock}: {statistics.median(paired):,.0f} us per step (90% interval of the "
+                  f"median {ci[0]:,.0f} .. {ci[1]:,.0f}; quartiles {quartiles[0]:,.0f} .. {quartiles[2]:,.0f}; "
+                  f"run by run {paired[0]:,.0f} .. {paired[-1]:,.0f})")
     print("floors: ours/loop >= 0.90 at batch 128, ours - bare <= 100 us per step; bare/loop is Lightning's own cost, "
           "step/bare our step's, ours/step our datamodule's")
     return result

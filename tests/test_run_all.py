@@ -37,3 +37,19 @@ def test_run_all_smoke_writes_the_table(tmp_path: Path) -> None:
     assert again.stdout.count("reusing") == 2
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("*.log")} == logs  # no fit, no benchmark
     assert readme.read_text() == text
+
+
+def test_row_commands_name_data_folders_inside_the_repository_by_their_variable() -> None:
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_all_benchmark", ROOT / "benchmarks" / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    root = run_all.ROOT
+    args = argparse.Namespace(data_dir=str(root / "data"), cifar_dir=str(root / ".cache" / "cifar"),
+                              work_dir=root / "runs")
+    command = [sys.executable, "-m", "lightning_ae", "fit", "--config", str(root / "configs/cifar10/ae.yaml"),
+               "--data.data_dir", str(root / ".cache" / "cifar"), "--save_pretrained", str(root / "runs" / "model")]
+    assert run_all.as_typed(command, args) == ("python -m lightning_ae fit --config configs/cifar10/ae.yaml "
+                                               "--data.data_dir $LIGHTNING_AE_CIFAR10 --save_pretrained WORK/model")
