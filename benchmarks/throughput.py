@@ -1,4 +1,4 @@
-"""Training throughput: our model through ``Trainer.fit`` with ``MNISTDataModule`` versus a minimal hand-written
+r"""Training throughput: our model through ``Trainer.fit`` with ``MNISTDataModule`` versus a minimal hand-written
 PyTorch loop doing the same work (same network, in-memory uint8 data indexed per batch, same conversion, loss,
 optimizer and batch size). Runs alternate between the two in one run; medians are reported.
 
@@ -73,19 +73,21 @@ class EpochTimer(Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.restart(pl_module)
 
+    def stop(self, pl_module: LightningModule) -> None:
+        synchronize(pl_module.device)
+        self.seconds = (time.perf_counter() - self.start[0], time.process_time() - self.start[1])
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.steady and batch_idx == 0:
             self.restart(pl_module)
             return
         self.images += (batch if isinstance(batch, torch.Tensor) else batch[0]).shape[0]
-        if self.steady:
-            synchronize(pl_module.device)
-            self.seconds = (time.perf_counter() - self.start[0], time.process_time() - self.start[1])
+        if self.steady:  # the epoch's end hooks come after the last batch: stop at every batch, the last one counts
+            self.stop(pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not self.steady:
-            synchronize(pl_module.device)
-            self.seconds = (time.perf_counter() - self.start[0], time.process_time() - self.start[1])
+            self.stop(pl_module)
 
 
 def lightning_epoch(data: MNISTDataModule, model: AutoencoderBase, steps: int, args: argparse.Namespace

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 import pickle
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -13,6 +15,14 @@ import pytest
 REAL_MNIST_ENV = "LIGHTNING_AE_DATA"  # folder holding MNIST/raw/ (the official IDX .gz files)
 REAL_CIFAR_ENV = "LIGHTNING_AE_CIFAR10"  # folder holding cifar-10-batches-py/
 REAL_CIFAR_JPEG_ENV = "LIGHTNING_AE_CIFAR10_JPEG"  # the extracted cifar10-jpeg.tar.gz: {train,test}/<class>/*.jpg
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """The Python file at ``path`` (a benchmark or example script, not a package module) imported as ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

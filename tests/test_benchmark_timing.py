@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,10 +9,10 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader
 
+from tests.conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("throughput_benchmark", ROOT / "benchmarks" / "throughput.py")
-throughput = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(throughput)
+throughput = load_script(ROOT / "benchmarks" / "throughput.py", "throughput_benchmark")
 
 
 class _Linear(LightningModule):

@@ -3,19 +3,17 @@ variants with one of our callbacks."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
+
+from tests.conftest import load_script
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "dropin_project.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("dropin_project", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "dropin_project")
 
 
 def test_dropin_project_trains_two_variants_with_a_probe() -> None:

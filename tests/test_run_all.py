@@ -3,13 +3,14 @@ the results table between the markers of a README copy. No timing is asserted.""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_mnist
+from tests.conftest import load_script, write_mnist
 
 ROOT = Path(__file__).parents[1]
 
@@ -40,12 +41,7 @@ def test_run_all_smoke_writes_the_table(tmp_path: Path) -> None:
 
 
 def test_row_commands_name_data_folders_inside_the_repository_by_their_variable() -> None:
-    import argparse
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_all_benchmark", ROOT / "benchmarks" / "run_all.py")
-    run_all = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_all)
+    run_all = load_script(ROOT / "benchmarks" / "run_all.py", "run_all_benchmark")
     root = run_all.ROOT
     args = argparse.Namespace(data_dir=str(root / "data"), cifar_dir=str(root / ".cache" / "cifar"),
                               work_dir=root / "runs")
