@@ -23,26 +23,34 @@ import torch
 ImageShape = tuple[int, int, int]
 
 
+def _is_sequence(batch: Any) -> bool:
+    """A tuple, list or other sequence (tuple and list tested first: a test against the ABC costs a few times more,
+    on every step)."""
+    return isinstance(batch, (tuple, list)) or (isinstance(batch, Sequence) and not isinstance(batch, str))
+
+
 def extract_images(batch: Any) -> torch.Tensor:
     """The image tensor of a batch that is a tensor, a tuple/list (image first) or a mapping (key ``image``)."""
     if isinstance(batch, torch.Tensor):
         return batch
+    if _is_sequence(batch) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
     if isinstance(batch, Mapping):
         if "image" not in batch:
             raise KeyError(f"a dict batch needs an 'image' key; got keys {sorted(batch)}")
         return batch["image"]
-    if isinstance(batch, Sequence) and batch and isinstance(batch[0], torch.Tensor):
-        return batch[0]
     raise TypeError(f"cannot find images in a batch of type {type(batch).__name__}: use a tensor, (image, ...) or "
                     "{'image': ...}")
 
 
 def extract_labels(batch: Any) -> torch.Tensor | None:
     """The labels of a batch, when it carries them (second item, or key ``label``)."""
+    if isinstance(batch, torch.Tensor):
+        return None
+    if _is_sequence(batch):
+        return batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
     if isinstance(batch, Mapping):
         return batch.get("label")
-    if isinstance(batch, Sequence) and not isinstance(batch, torch.Tensor) and len(batch) > 1:
-        return batch[1] if isinstance(batch[1], torch.Tensor) else None
     return None
 
 

@@ -35,6 +35,22 @@ def validate(model: nn.Module, tmp_path: Path, **data_kwargs) -> dict[str, float
     return {k: v.item() for k, v in trainer.callback_metrics.items()}
 
 
+def test_a_term_that_is_the_loss_itself_is_logged_once(tmp_path: Path) -> None:
+    """The plain autoencoder's ``recon`` term is its loss tensor: logged once, as ``loss`` (each key costs Lightning's
+    ``self.log`` about half a millisecond); a sparse autoencoder's ``recon`` differs from its loss and is logged."""
+    logged = {}
+    for name, model in (("ae", Autoencoder()), ("sae", SparseAutoencoder(sparsity_weight=0.5))):
+        assert "recon" in model.loss_terms(torch.rand(4, *SHAPE), "train").terms  # still a term of the output
+        data = FakeImageDataModule(image_shape=SHAPE, num_train=64, val_size=32, batch_size=32)
+        trainer = Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                          default_root_dir=tmp_path)
+        trainer.fit(model, datamodule=data)
+        logged[name] = {k for k in trainer.callback_metrics if k.startswith("train/")}
+    assert logged["ae"] == {"train/loss"}
+    assert {"train/loss", "train/recon", "train/sparsity"} <= logged["sae"]
+
+
 # ---- DenoisingAutoencoder ----------------------------------------------------------------------------------
 class CorruptionSpy(DenoisingAutoencoder):
     calls: int = 0

@@ -52,6 +52,49 @@ def test_loader_resumes_mid_epoch_by_index() -> None:
     assert _values(list(resumed)) == expected  # the skip applies to one iteration only
 
 
+class _TensorIndexed(torch.utils.data.Dataset):
+    """Whole batches from one index tensor (``takes_index_tensors``), remembering what each batch was indexed with."""
+
+    takes_index_tensors = True
+
+    def __init__(self, n: int) -> None:
+        self.values, self.indexed_with = torch.arange(n) * 10, []
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitems__(self, indices: Any) -> torch.Tensor:
+        self.indexed_with.append(type(indices))
+        return self.values[torch.as_tensor(indices)]
+
+
+@pytest.mark.parametrize(("world", "rank"), [(1, 0), (3, 0), (3, 2)])
+@pytest.mark.parametrize("skip", [0, 2])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_index_tensor_batches_equal_torchs_iterator(world: int, rank: int, skip: int, drop_last: bool) -> None:
+    def loader(direct: bool) -> ResumableDataLoader:
+        dataset = _TensorIndexed(53)
+        sampler = ResumableShardSampler(dataset, seed=5)
+        sampler.num_replicas, sampler.rank = world, rank  # as DistributedSampler(drop_last=True) sets them
+        sampler.num_samples = len(dataset) // world
+        sampler.total_size = sampler.num_samples * world
+        built = ResumableDataLoader(dataset, 4, sampler, seed=5, collate_fn=lambda b: b, drop_last=drop_last,
+                                    pin_memory=not direct)  # pinning (on a CPU: nothing) takes torch's iterator
+        built.sampler.set_epoch(3)
+        if skip:
+            built.load_state_dict({"epoch": 3, "batches": skip})
+        return built
+
+    direct, through_torch = loader(True), loader(False)
+    fast, slow = list(direct), list(through_torch)
+    assert set(direct.dataset.indexed_with) == {torch.Tensor}  # one index tensor per batch
+    assert set(through_torch.dataset.indexed_with) == {list}
+    shard = 53 // world
+    assert [b.tolist() for b in fast] == [b.tolist() for b in slow]
+    assert len(fast) == (shard // 4 if drop_last else -(-shard // 4)) - skip == len(direct) - skip
+    assert direct.state_dict() == through_torch.state_dict() == {"epoch": 3, "batches": len(fast) + skip}
+
+
 def test_loader_state_of_a_finished_epoch_resumes_nothing() -> None:
     loader = _loader()
     loader.load_state_dict({"epoch": 0, "batches": 7})

@@ -321,24 +321,37 @@ def test_mnist_vae_learns_a_reasonable_likelihood(real_mnist_dir: Path, tmp_path
     assert m["test/nll"].item() <= -m["test/elbo"].item()
 
 
-# ---- training-step logging cadence (AutoencoderBase._logs_train_step) ----------------------------------------
-def _csv_rows(tmp_path: Path, every_step: bool, name: str) -> list[dict]:
+# ---- training-step logging cadence (lightning_ae.models.base.logs_this_step) --------------------------------
+def _csv_rows(tmp_path: Path, every_step: bool, name: str, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     import csv
 
     from lightning.pytorch.loggers import CSVLogger
 
+    import lightning_ae.models.base as base
+
     model = small_vae()
-    if every_step:
-        model._logs_train_step = lambda: True  # type: ignore[method-assign]
+    logged_steps = []
+    cadence = base.logs_this_step
+
+    def counted(module: Any) -> bool:
+        logs = True if every_step else cadence(module)
+        logged_steps.append(logs)
+        return logs
+
+    monkeypatch.setattr(base, "logs_this_step", counted)
     data = FakeImageDataModule(image_shape=(1, 4, 4), num_train=80, val_size=16, batch_size=8, seed=0)
     logger = CSVLogger(tmp_path, name=name)
     seed_everything(0)
     quiet_trainer(tmp_path, logger=logger, log_every_n_steps=3, max_epochs=2).fit(model, datamodule=data)
+    # 2 epochs of 8 batches; with log_every_n_steps=3, steps 3, 6, 8 (an epoch's last) and 9, 12, 15, 16 log
+    assert len(logged_steps) == 16 and sum(logged_steps) == (16 if every_step else 7)
     with open(Path(logger.log_dir) / "metrics.csv") as f:
         return list(csv.DictReader(f))
 
 
-def test_train_terms_reach_loggers_exactly_as_when_logged_every_step(tmp_path: Path) -> None:
-    sparse, full = _csv_rows(tmp_path, False, "cadence"), _csv_rows(tmp_path, True, "every")
+def test_train_terms_reach_loggers_exactly_as_when_logged_every_step(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    sparse = _csv_rows(tmp_path, False, "cadence", monkeypatch)
+    full = _csv_rows(tmp_path, True, "every", monkeypatch)
     assert len(sparse) == len(full) > 4
     assert sparse == full

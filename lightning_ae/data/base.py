@@ -40,6 +40,8 @@ class InMemoryImageDataset(Dataset[Batch]):
             (a split file, an array): its row there; default ``indices`` (or ``0..N-1``). Predictions carry it.
     """
 
+    takes_index_tensors = True  # __getitems__ takes a batch of indices as one int64 tensor (ResumableDataLoader)
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None = None,
                  source_rows: torch.Tensor | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -83,7 +85,7 @@ class InMemoryImageDataset(Dataset[Batch]):
             return self.labels
         return self.labels[self.indices]
 
-    def __getitems__(self, indices: Sequence[int]) -> Any:
+    def __getitems__(self, indices: Sequence[int] | torch.Tensor) -> Any:
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
         if self.indices is not None:
             idx = self.indices[idx]

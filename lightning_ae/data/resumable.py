@@ -8,6 +8,12 @@ index (no image is loaded to skip it). Its sampler, :class:`ResumableShardSample
 ``DistributedSampler`` (shuffled with ``seed + epoch``, equal shards, the remainder dropped) that can begin an
 epoch part-way. The loader has its own seeded generator, so creating an iterator draws nothing from the global
 torch generator (whose state the models restore from the checkpoint, :mod:`lightning_ae.resume`).
+
+A dataset that says it takes whole batches of indices as one tensor (``takes_index_tensors = True``, as
+:class:`~lightning_ae.data.InMemoryImageDataset` does) is read without workers by slicing the epoch's shard
+(:meth:`ResumableShardSampler.index_batches`): one ``__getitems__`` of a tensor per batch, with none of the
+per-index Python work of a ``BatchSampler`` (a list of ints per batch, then a tensor made of it) and none of the
+per-batch bookkeeping of torch's single-process iterator. The batches are the same, in the same order.
 """
 
 from __future__ import annotations
@@ -45,6 +51,22 @@ class ResumableShardSampler(DistributedSampler):
         start, self._start = self._start, 0
         return itertools.islice(super().__iter__(), start, None)
 
+    def shard(self) -> torch.Tensor:
+        """This epoch's indices of this rank ``(num_samples,)`` int64, in the order :meth:`__iter__` yields them
+        (the same seeded permutation, cut and strided as ``DistributedSampler`` does)."""
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        permutation = torch.randperm(len(self.dataset), generator=generator)  # type: ignore[arg-type]
+        return permutation[: self.total_size][self.rank :: self.num_replicas].contiguous()
+
+    def index_batches(self, batch_size: int, drop_last: bool = False) -> Iterator[torch.Tensor]:
+        """The next iteration as index tensors of ``batch_size`` (the last one shorter unless ``drop_last``): the
+        batches a ``BatchSampler`` would make of :meth:`__iter__`, honouring :meth:`start_at` the same way."""
+        start, self._start = self._start, 0
+        batches = list(self.shard()[start:].split(batch_size))
+        if drop_last and batches and len(batches[-1]) < batch_size:
+            batches.pop()
+        return iter(batches)
+
 
 class ResumableDataLoader(DataLoader):
     """Training loader that remembers how far into its epoch it is (Lightning's stateful-dataloader protocol).
@@ -66,7 +88,7 @@ class ResumableDataLoader(DataLoader):
         kwargs.setdefault("generator", torch.Generator().manual_seed(seed))
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
         self.seed = seed
-        self._epoch, self._served = 0, 0
+        self._position = {"epoch": 0, "batches": 0}  # mutated in place: DataLoader.__setattr__ runs Python checks
         self._resume: dict[str, int] | None = None
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
@@ -74,10 +96,20 @@ class ResumableDataLoader(DataLoader):
         epoch = self.sampler.epoch  # type: ignore[attr-defined]
         skip = self._take_resume(epoch)
         self.sampler.start_at(min(skip * self.batch_size, len(self.sampler)))  # type: ignore[attr-defined, operator, arg-type]
-        self._epoch, self._served = epoch, skip
-        for batch in super().__iter__():
-            self._served += 1
+        position = self._position = {"epoch": epoch, "batches": skip}
+        for batch in self._batches():
+            position["batches"] += 1
             yield batch
+
+    def _batches(self) -> Iterator[Any]:
+        """The batches of one iteration: sliced from the shard (a dataset that takes index tensors, no workers,
+        no pinning), else through torch's iterator."""
+        if self.num_workers or self.pin_memory or not getattr(self.dataset, "takes_index_tensors", False):
+            yield from super().__iter__()
+            return
+        fetch, collate = self.dataset.__getitems__, self.collate_fn  # type: ignore[attr-defined]
+        for indices in self.sampler.index_batches(self.batch_size, self.drop_last):  # type: ignore[attr-defined, arg-type]
+            yield collate(fetch(indices))
 
     def _take_resume(self, epoch: int) -> int:
         resume, self._resume = self._resume, None
@@ -87,7 +119,7 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         """``{"epoch", "batches"}``: the epoch being iterated and how many of its batches were handed out."""
-        return {"epoch": self._epoch, "batches": self._served}
+        return dict(self._position)
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Makes the next iteration of epoch ``state_dict["epoch"]`` skip its first ``state_dict["batches"]``."""
