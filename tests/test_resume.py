@@ -86,6 +86,9 @@ def test_index_tensor_batches_equal_torchs_iterator(world: int, rank: int, skip:
         return built
 
     direct, through_torch = loader(True), loader(False)
+    distributed = torch.utils.data.DistributedSampler(direct.dataset, world, rank, shuffle=True, seed=5, drop_last=True)
+    distributed.set_epoch(3)
+    assert direct.sampler.shard().tolist() == list(distributed)  # the epoch's order is DistributedSampler's
     fast, slow = list(direct), list(through_torch)
     assert set(direct.dataset.indexed_with) == {torch.Tensor}  # one index tensor per batch
     assert set(through_torch.dataset.indexed_with) == {list}

@@ -18,7 +18,6 @@ per-batch bookkeeping of torch's single-process iterator. The batches are the sa
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,22 +46,25 @@ class ResumableShardSampler(DistributedSampler):
             raise ValueError(f"position must be in [0, {self.num_samples}], got {position}")
         self._start = position
 
-    def __iter__(self) -> Iterator[int]:
-        start, self._start = self._start, 0
-        return itertools.islice(super().__iter__(), start, None)
-
     def shard(self) -> torch.Tensor:
-        """This epoch's indices of this rank ``(num_samples,)`` int64, in the order :meth:`__iter__` yields them
-        (the same seeded permutation, cut and strided as ``DistributedSampler`` does)."""
+        """This epoch's indices of this rank ``(num_samples,)`` int64: ``DistributedSampler``'s order (the same seeded
+        permutation, cut to equal shards and strided by rank), as one tensor."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         permutation = torch.randperm(len(self.dataset), generator=generator)  # type: ignore[arg-type]
         return permutation[: self.total_size][self.rank :: self.num_replicas].contiguous()
 
+    def _next_iteration(self) -> torch.Tensor:
+        """:meth:`shard` from the :meth:`start_at` position, which applies to this iteration only."""
+        start, self._start = self._start, 0
+        return self.shard()[start:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._next_iteration().tolist())
+
     def index_batches(self, batch_size: int, drop_last: bool = False) -> Iterator[torch.Tensor]:
         """The next iteration as index tensors of ``batch_size`` (the last one shorter unless ``drop_last``): the
-        batches a ``BatchSampler`` would make of :meth:`__iter__`, honouring :meth:`start_at` the same way."""
-        start, self._start = self._start, 0
-        batches = list(self.shard()[start:].split(batch_size))
+        batches a ``BatchSampler`` would make of :meth:`__iter__`."""
+        batches = list(self._next_iteration().split(batch_size))
         if drop_last and batches and len(batches[-1]) < batch_size:
             batches.pop()
         return iter(batches)
