@@ -1,7 +1,9 @@
-"""The timing helpers of benchmarks/throughput.py: the steady per-step window and the interval of a median."""
+"""The timing helpers of benchmarks/throughput.py and step_overhead.py: the steady per-step window, the interval of a
+median, the turns of the interleaved runs and their blocks."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 throughput = load_script(ROOT / "benchmarks" / "throughput.py", "throughput_benchmark")
+step_overhead = load_script(ROOT / "benchmarks" / "step_overhead.py", "step_overhead_benchmark")
 
 
 class _Linear(LightningModule):
@@ -44,3 +47,40 @@ def test_median_ci_brackets_the_median_and_shrinks_to_a_point_for_equal_values()
     assert high - low < 20  # far narrower than the range of the values
     assert throughput.median_ci(values) == [low, high]  # seeded: the same interval every time
     assert throughput.median_ci([7.0] * 11) == [7.0, 7.0]
+
+
+def test_baton_runs_one_thread_at_a_time_in_rotated_rounds() -> None:
+    names, rounds = ["a", "b", "c"], 4
+    baton, turns = step_overhead.Baton(names, rounds), []
+
+    def worker(name: str) -> None:
+        while baton.wait(name):
+            turns.append(name)
+            baton.pass_on()
+
+    threads = [threading.Thread(target=worker, args=(name,)) for name in reversed(names)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads)
+    assert "".join(turns) == "abc" "bca" "cab" "abc"  # the order rotates by one name each round
+
+
+def test_blocks_time_steady_steps_and_leave_out_the_rounds_that_cross_an_epoch() -> None:
+    baton = step_overhead.Baton(["only"], rounds=6)
+    blocks = step_overhead.Blocks("only", baton, threading.Barrier(1), block_steps=2)
+    trainer = Trainer(max_epochs=-1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[step_overhead.BlockCallback(blocks)])
+    trainer.fit(_Linear(), train_dataloaders=DataLoader(torch.randn(20, 3), batch_size=4))  # 5 steps an epoch
+    # step 1 is warm-up; then blocks of 2: steps 2-3, 4-5 | 6-7 (epoch 2 starts) | 8-9, 10-11 (epoch 3) | 12-13
+    assert [r for r, t in blocks.times.items() if t is None] == [2, 4]
+    assert sorted(blocks.times) == list(range(6))
+    assert all(t[0] > 0 for t in blocks.times.values() if t is not None)
+    assert trainer.global_step == 13  # stopped at the end of the last block
+
+
+def test_replica_mean_averages_the_copies_that_did_not_cross_an_epoch() -> None:
+    assert step_overhead.replica_mean([(1.0, 2.0, 0), None, (3.0, 4.0, 6)]) == (2.0, 3.0, 3.0)
+    assert step_overhead.replica_mean([None, None]) is None
