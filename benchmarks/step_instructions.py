@@ -61,6 +61,15 @@ def child(variant: str, batch_size: int, steps: int, data_dir: str) -> None:
     print(json.dumps({"gc_collections": [g["collections"] - b for g, b in zip(gc.get_stats(), before, strict=True)]}))
 
 
+def epoch_steps(data_dir: str, batch_size: int) -> int:
+    """Full batches in one epoch of the MNIST training split (the loop's batches; ours has as many or one more)."""
+    from lightning_ae import MNISTDataModule
+
+    data = MNISTDataModule(data_dir=data_dir, download=False, batch_size=batch_size)
+    data.setup("fit")
+    return len(data.train_set) // batch_size
+
+
 def counted(variant: str, steps: int, args: argparse.Namespace, folder: str) -> tuple[dict[str, int], list[int]]:
     """cachegrind's totals (``Ir``, ``D1mr``...) of one run of ``variant`` for ``steps`` steps, and the garbage
     collections per generation it made during ``fit``."""
@@ -94,8 +103,8 @@ def main() -> None:
         return
     if len(args.steps) != 2 or not 0 < args.steps[0] < args.steps[1]:
         parser.error("--steps takes two counts, the smaller first")
-    if args.steps[1] > 55_000 // args.batch_size:  # both counts inside one epoch of the 55,000 training images
-        parser.error(f"--steps {args.steps[1]} is more than one epoch at batch {args.batch_size}")
+    if args.steps[1] > (per_epoch := epoch_steps(args.data_dir, args.batch_size)):  # both runs inside one epoch
+        parser.error(f"--steps {args.steps[1]} is more than one epoch at batch {args.batch_size} ({per_epoch} steps)")
     if shutil.which("valgrind") is None:
         parser.error("valgrind is not installed (it counts the instructions)")
     os.environ["LIGHTNING_AE_DATA"] = args.data_dir
