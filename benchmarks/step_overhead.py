@@ -17,6 +17,16 @@ iterator) is left out. The CPU column is each thread's own CPU time.
 The four runs are :mod:`throughput`'s (same models, same batches, same ``report``): ``bare - loop`` is
 Lightning's own cost, ``step - bare`` our step's, ``ours - bare`` our step's and our datamodule's. Floor:
 ``ours - bare <= 100 us`` per step.
+
+Where a run's tensors and objects happen to lie in memory (which thread got which allocator arena, what was
+allocated before) moves its step time by up to about 100 us at batch 512, and that placement is fixed for the life
+of a process: a narrow interval from one process says little about the next. ``--launches N`` runs the whole
+measurement in N fresh processes one after the other, each with its own seed and its own (shuffled) order of
+starting the threads, and reports each launch's median overheads and the median over launches with its interval,
+so that the placement is sampled like any other noise:
+
+    LIGHTNING_AE_DATA=path/to/data OMP_NUM_THREADS=1 python benchmarks/step_overhead.py --batch-size 512 \
+        --rounds 200 --block-steps 10 --launches 10 --json step_overhead_launches_b512.json
 """
 
 from __future__ import annotations
@@ -24,9 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,7 +49,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import MODELS, RUNS, BareModule, LoopBatches, batches, report
+from throughput import MODELS, RUNS, BareModule, LoopBatches, batches, median_ci, report
 
 from lightning_ae import AutoencoderBase, MNISTDataModule
 
@@ -182,12 +195,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", choices=["ae", "tiny"], default="tiny")
     parser.add_argument("--loop-gather", choices=["index", "index_select"], default="index_select",
                         help="how the loop (and the bare module) gathers a batch (throughput.py --loop-gather)")
+    parser.add_argument("--launches", type=int, default=1,
+                        help="run the measurement in this many fresh processes, one after the other (each its own "
+                             "seed and order of starting the threads), and report the median over them")
+    parser.add_argument("--launch", type=int, default=None, help=argparse.SUPPRESS)  # set for each of --launches
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     if not args.data_dir:
         parser.error("set LIGHTNING_AE_DATA or --data-dir to the folder holding MNIST/raw")
-    if args.rounds < 2 or args.block_steps < 1 or args.replicas < 1:
-        parser.error("--rounds must be >= 2, --block-steps and --replicas >= 1")
+    if args.rounds < 2 or args.block_steps < 1 or args.replicas < 1 or args.launches < 1:
+        parser.error("--rounds must be >= 2, --block-steps, --replicas and --launches >= 1")
     # report() reads these throughput.py options
     args.steps, args.repeats, args.steady, args.accelerator, args.precision = args.block_steps, args.rounds, True, \
         "cpu", "32-true"
@@ -195,9 +212,78 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+OVERHEADS = {"bare - loop": "overhead_us_bare_loop", "step - bare": "overhead_us_step_bare",
+             "ours - bare": "overhead_us_ours_bare"}
+
+
+def combine_launches(launches: list[dict]) -> dict:
+    """The median over launches of each launch's median overheads (us per step, wall clock) and its 90% bootstrap
+    interval over launches, with every launch's own figures: the placement of a process's memory, fixed within a
+    launch, is then one more source of noise that the interval covers."""
+    result: dict = {"launches": len(launches), "per_launch": {name: [run[key] for run in launches]
+                                                              for name, key in OVERHEADS.items()}}
+    result["per_launch"]["step_us"] = [run["step_us_wall_clock"] for run in launches]
+    result["per_launch"]["minor_faults_per_step"] = [run.get("minor_faults_per_step") for run in launches]
+    for name, key in OVERHEADS.items():
+        values = result["per_launch"][name]
+        result[key] = statistics.median(values)
+        result[key + "_ci90"] = median_ci(values) if len(values) > 1 else [values[0], values[0]]
+        result[key + "_range"] = [min(values), max(values)]
+    return result
+
+
+def run_launches(args: argparse.Namespace, argv: list[str]) -> None:
+    """Runs this script ``args.launches`` times in fresh processes, one after the other, and prints and writes
+    :func:`combine_launches` of their results."""
+    forwarded = strip_options(argv, ("--launches", "--json"))
+    launches = []
+    with tempfile.TemporaryDirectory() as folder:
+        for i in range(args.launches):
+            out = Path(folder) / f"launch{i}.json"
+            done = subprocess.run([sys.executable, __file__, *forwarded, "--launch", str(i), "--json", str(out)],
+                                  capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"launch {i} failed (exit status {done.returncode}):\n{done.stderr[-3000:]}")
+            launches.append(json.loads(out.read_text()))
+            ours = launches[-1]["overhead_us_ours_bare"]
+            print(f"launch {i + 1}/{args.launches}: ours - bare {ours:,.0f} us per step", flush=True)
+    result = combine_launches(launches)
+    result["args"] = {k: v for k, v in vars(args).items() if k not in ("data_dir", "json", "launch")}
+    print(f"batch {args.batch_size}, {args.launches} launches of {args.rounds} rounds of {args.block_steps} steps; "
+          "us per step, wall clock; median over launches (90% interval), then each launch's median:")
+    for name, key in OVERHEADS.items():
+        low, high = result[key + "_ci90"]
+        print(f"overhead {name}: {result[key]:,.0f} ({low:,.0f} .. {high:,.0f}); launches "
+              + ", ".join(f"{v:,.0f}" for v in result["per_launch"][name]))
+    print("floor: ours - bare <= 100 us per step")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+def strip_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without the options ``names`` and their values (``--name value`` or ``--name=value``)."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item in names:
+            skip = True
+        elif not item.startswith(tuple(f"{name}=" for name in names)):
+            kept.append(item)
+    return kept
+
+
 def main() -> None:
     args = parse_args()
-    seed_everything(0, verbose=False)
+    if args.launches > 1:
+        run_launches(args, sys.argv[1:])
+        return
+    measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """One launch: the four runs in their threads, taking turns; prints and writes :func:`report`'s figures."""
+    seed_everything(args.launch or 0, verbose=False)
     data = MNISTDataModule(data_dir=args.data_dir, download=False, batch_size=args.batch_size)
     data.setup("fit")
     images = data.train_set.images
@@ -226,7 +312,10 @@ def main() -> None:
             ready.abort()
             baton.stop()
 
-    threads = [threading.Thread(target=run, args=(name,), name=name) for name in names]
+    order = list(names)  # the order of starting the threads decides which allocator arena each gets
+    if args.launch is not None:
+        random.Random(args.launch).shuffle(order)
+    threads = [threading.Thread(target=run, args=(name,), name=name) for name in order]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -84,3 +84,24 @@ def test_blocks_time_steady_steps_and_leave_out_the_rounds_that_cross_an_epoch()
 def test_replica_mean_averages_the_copies_that_did_not_cross_an_epoch() -> None:
     assert step_overhead.replica_mean([(1.0, 2.0, 0), None, (3.0, 4.0, 6)]) == (2.0, 3.0, 3.0)
     assert step_overhead.replica_mean([None, None]) is None
+
+
+def test_combine_launches_takes_the_median_over_launches_with_its_interval() -> None:
+    def launch(ours: float) -> dict:
+        return {"overhead_us_bare_loop": 500.0, "overhead_us_step_bare": ours / 2, "overhead_us_ours_bare": ours,
+                "step_us_wall_clock": {"loop": 1.0}}
+
+    values = [60.0, 201.0, 125.0, 142.0, 90.0]
+    combined = step_overhead.combine_launches([launch(v) for v in values])
+    assert combined["launches"] == 5
+    assert combined["per_launch"]["ours - bare"] == values  # every launch's own median, in launch order
+    assert combined["overhead_us_ours_bare"] == 125.0 and combined["overhead_us_step_bare"] == 62.5
+    assert combined["overhead_us_ours_bare_range"] == [60.0, 201.0]
+    low, high = combined["overhead_us_ours_bare_ci90"]
+    assert 60.0 <= low <= 125.0 <= high <= 201.0 and high > low  # the launches' spread widens the interval
+    assert combined["overhead_us_bare_loop_ci90"] == [500.0, 500.0]
+
+
+def test_strip_options_drops_the_launcher_options_and_their_values() -> None:
+    argv = ["--batch-size", "16", "--launches", "3", "--json=out.json", "--rounds", "5", "--json", "x.json"]
+    assert step_overhead.strip_options(argv, ("--launches", "--json")) == ["--batch-size", "16", "--rounds", "5"]
