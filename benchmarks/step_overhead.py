@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import MODELS, RUNS, BareModule, LoopBatches, batches, median_ci, report
+from throughput import MODELS, OVERHEADS, RUNS, BareModule, LoopBatches, batches, median_ci, overhead_key, report
 
 from lightning_ae import AutoencoderBase, MNISTDataModule
 
@@ -212,22 +212,18 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-OVERHEADS = {"bare - loop": "overhead_us_bare_loop", "step - bare": "overhead_us_step_bare",
-             "ours - bare": "overhead_us_ours_bare"}
-
-
 def combine_launches(launches: list[dict]) -> dict:
     """The median over launches of each launch's median overheads (us per step, wall clock) and its 90% bootstrap
     interval over launches, with every launch's own figures: the placement of a process's memory, fixed within a
     launch, is then one more source of noise that the interval covers."""
-    result: dict = {"launches": len(launches), "per_launch": {name: [run[key] for run in launches]
-                                                              for name, key in OVERHEADS.items()}}
-    result["per_launch"]["step_us"] = [run["step_us_wall_clock"] for run in launches]
-    result["per_launch"]["minor_faults_per_step"] = [run.get("minor_faults_per_step") for run in launches]
-    for name, key in OVERHEADS.items():
-        values = result["per_launch"][name]
+    result: dict = {"launches": len(launches), "per_launch": {
+        "step_us": [run["step_us_wall_clock"] for run in launches],
+        "minor_faults_per_step": [run.get("minor_faults_per_step") for run in launches]}}
+    for _, num, den in OVERHEADS:
+        key = overhead_key(num, den)
+        result["per_launch"][f"{num} - {den}"] = values = [run[key] for run in launches]
         result[key] = statistics.median(values)
-        result[key + "_ci90"] = median_ci(values) if len(values) > 1 else [values[0], values[0]]
+        result[key + "_ci90"] = median_ci(values)
         result[key + "_range"] = [min(values), max(values)]
     return result
 
@@ -235,42 +231,35 @@ def combine_launches(launches: list[dict]) -> dict:
 def run_launches(args: argparse.Namespace, argv: list[str]) -> None:
     """Runs this script ``args.launches`` times in fresh processes, one after the other, and prints and writes
     :func:`combine_launches` of their results."""
-    forwarded = strip_options(argv, ("--launches", "--json"))
     launches = []
     with tempfile.TemporaryDirectory() as folder:
         for i in range(args.launches):
             out = Path(folder) / f"launch{i}.json"
-            done = subprocess.run([sys.executable, __file__, *forwarded, "--launch", str(i), "--json", str(out)],
-                                  capture_output=True, text=True)
+            done = subprocess.run([sys.executable, __file__, *launch_argv(argv, i, out)], capture_output=True,
+                                  text=True)
             if done.returncode:
                 sys.exit(f"launch {i} failed (exit status {done.returncode}):\n{done.stderr[-3000:]}")
             launches.append(json.loads(out.read_text()))
-            ours = launches[-1]["overhead_us_ours_bare"]
+            ours = launches[-1][overhead_key("ours", "bare")]
             print(f"launch {i + 1}/{args.launches}: ours - bare {ours:,.0f} us per step", flush=True)
     result = combine_launches(launches)
     result["args"] = {k: v for k, v in vars(args).items() if k not in ("data_dir", "json", "launch")}
     print(f"batch {args.batch_size}, {args.launches} launches of {args.rounds} rounds of {args.block_steps} steps; "
           "us per step, wall clock; median over launches (90% interval), then each launch's median:")
-    for name, key in OVERHEADS.items():
+    for _, num, den in OVERHEADS:
+        key = overhead_key(num, den)
         low, high = result[key + "_ci90"]
-        print(f"overhead {name}: {result[key]:,.0f} ({low:,.0f} .. {high:,.0f}); launches "
-              + ", ".join(f"{v:,.0f}" for v in result["per_launch"][name]))
+        print(f"overhead {num} - {den}: {result[key]:,.0f} ({low:,.0f} .. {high:,.0f}); launches "
+              + ", ".join(f"{v:,.0f}" for v in result["per_launch"][f"{num} - {den}"]))
     print("floor: ours - bare <= 100 us per step")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
 
-def strip_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
-    """``argv`` without the options ``names`` and their values (``--name value`` or ``--name=value``)."""
-    kept, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-        elif item in names:
-            skip = True
-        elif not item.startswith(tuple(f"{name}=" for name in names)):
-            kept.append(item)
-    return kept
+def launch_argv(argv: list[str], launch: int, out: Path) -> list[str]:
+    """The command line of launch ``launch``: the user's options, then the ones that make it one launch writing to
+    ``out`` (argparse keeps the last value of an option given twice)."""
+    return [*argv, "--launches", "1", "--launch", str(launch), "--json", str(out)]
 
 
 def main() -> None:

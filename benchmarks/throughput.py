@@ -226,6 +226,13 @@ RUNS = {"loop": "hand-written loop", "bare": "bare LightningModule, Trainer.fit,
         "step": "our model, Trainer.fit, loop batches", "ours": "our model + MNISTDataModule, Trainer.fit"}
 RATIOS = (("ours/loop", "ours", "loop"), ("bare/loop", "bare", "loop"), ("step/bare", "step", "bare"),
           ("ours/step", "ours", "step"), ("ours/bare", "ours", "bare"))
+# the per-step overheads report() prints, as (what the difference is, minuend run, subtrahend run)
+OVERHEADS = (("Lightning", "bare", "loop"), ("our step", "step", "bare"), ("our step + datamodule", "ours", "bare"))
+
+
+def overhead_key(num: str, den: str) -> str:
+    """report()'s result key of the wall-clock overhead ``num - den`` in us per step (``_cpu`` appended: CPU time)."""
+    return f"overhead_us_{num}_{den}"
 
 
 def median_ci(values: list[float], level: float = 0.9, resamples: int = 2000) -> list[float]:
@@ -266,19 +273,18 @@ def report(args: argparse.Namespace, n_images: int, runs: dict[str, list[tuple[f
     step_us = {key: statistics.median(args.batch_size / r[0] * 1e6 for r in runs[key]) for key in RUNS}
     result["step_us_wall_clock"] = step_us
     print("per step (wall clock, median): " + ", ".join(f"{key} {us:,.0f} us" for key, us in step_us.items()))
-    for name, num, den in (("bare - loop (Lightning)", "bare", "loop"), ("step - bare (our step)", "step", "bare"),
-                           ("ours - bare (our step + datamodule)", "ours", "bare")):
+    for what, num, den in OVERHEADS:
         for i, clock in enumerate(("wall clock", "CPU time")):  # paired run by run: the spread is the noise's
             paired = sorted(args.batch_size * (1 / a[i] - 1 / b[i]) * 1e6 for a, b in zip(runs[num], runs[den],
                                                                                             strict=True))
             quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
-            key = f"overhead_us_{num}_{den}" + ("" if i == 0 else "_cpu")
+            key = overhead_key(num, den) + ("" if i == 0 else "_cpu")
             result[key] = statistics.median(paired)
             result[key + "_quartiles"] = [quartiles[0], quartiles[2]]
             result[key + "_ci90"] = ci = median_ci(paired)
-            print(f"overhead {name}, {clock}: {statistics.median(paired):,.0f} us per step (90% interval of the "
-                  f"median {ci[0]:,.0f} .. {ci[1]:,.0f}; quartiles {quartiles[0]:,.0f} .. {quartiles[2]:,.0f}; "
-                  f"run by run {paired[0]:,.0f} .. {paired[-1]:,.0f})")
+            print(f"overhead {num} - {den} ({what}), {clock}: {statistics.median(paired):,.0f} us per step (90% "
+                  f"interval of the median {ci[0]:,.0f} .. {ci[1]:,.0f}; quartiles {quartiles[0]:,.0f} .. "
+                  f"{quartiles[2]:,.0f}; run by run {paired[0]:,.0f} .. {paired[-1]:,.0f})")
     print("floors: ours/loop >= 0.90 at batch 128, ours - bare <= 100 us per step; bare/loop is Lightning's own cost, "
           "step/bare our step's, ours/step our datamodule's")
     return result

@@ -102,6 +102,9 @@ def test_combine_launches_takes_the_median_over_launches_with_its_interval() -> 
     assert combined["overhead_us_bare_loop_ci90"] == [500.0, 500.0]
 
 
-def test_strip_options_drops_the_launcher_options_and_their_values() -> None:
-    argv = ["--batch-size", "16", "--launches", "3", "--json=out.json", "--rounds", "5", "--json", "x.json"]
-    assert step_overhead.strip_options(argv, ("--launches", "--json")) == ["--batch-size", "16", "--rounds", "5"]
+def test_launch_argv_makes_one_launch_that_writes_where_it_is_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = ["--batch-size", "16", "--launches", "3", "--json=out.json", "--rounds", "5", "--data-dir", "d"]
+    monkeypatch.setattr("sys.argv", ["step_overhead.py", *step_overhead.launch_argv(argv, 2, Path("x.json"))])
+    args = step_overhead.parse_args()
+    assert (args.launches, args.launch, args.json) == (1, 2, "x.json")  # the launcher's options overridden
+    assert (args.batch_size, args.rounds, args.data_dir) == (16, 5, "d")  # the user's kept
